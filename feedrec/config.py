@@ -122,7 +122,9 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
-def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+def load_config(
+    path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None
+) -> Config:
     """Read a config file (``.toml``, ``.json``, ``.yaml``/``.yml``) and apply overrides.
 
     ``overrides`` maps a section to field values, e.g. ``{"train": {"epochs": 2}}``;

@@ -99,8 +99,7 @@ def validate(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
         received = table.schema.field(field.name).type
         if received != field.type:
             raise SchemaError(
-                f"{what}: column `{field.name}` should have type {field.type}. "
-                f"Received: {received}"
+                f"{what}: column `{field.name}` should have type {field.type}. Received: {received}"
             )
         if not field.nullable and table.column(field.name).null_count:
             raise SchemaError(

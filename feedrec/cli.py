@@ -1,0 +1,231 @@
+"""The ``feedrec`` command line.
+
+Subcommands (names and flags are a contract; see README "CLI reference")::
+
+    feedrec demo [--workdir DIR]
+    feedrec prepare --format {mind,events,globo,sequences} INPUT... --out DATA_DIR [...]
+    feedrec train DATA_DIR --out RUN_DIR [--config FILE] [--epochs N]
+    feedrec evaluate RUN_DIR DATA_DIR [--split test] [--json FILE]
+    feedrec export RUN_DIR --out EXPORT_BASE
+    feedrec recommend EXPORT_DIR --history N1,N2,... [--catalog FILE] [--top-k 10]
+
+Errors in the user's input print one line (``feedrec: error: ...``) and exit
+with status 2, without a traceback. TensorFlow is imported only by the
+subcommands that need it, after its C++ log noise has been turned down
+(oneDNN stays on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from feedrec import __version__
+
+logger = logging.getLogger("feedrec")
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+
+
+def quiet_tensorflow() -> None:
+    """Hide TensorFlow's C++ INFO/WARNING lines (CUDA probing, oneDNN notice).
+
+    Respects a ``TF_CPP_MIN_LOG_LEVEL`` the user already set. Must run before
+    TensorFlow is first imported.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feedrec",
+        description="Masked self-attention recommender for click-sequence feeds.",
+    )
+    parser.add_argument("--version", action="version", version=f"feedrec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="generate a synthetic news log, then prepare, train, evaluate and export",
+        description="End-to-end demo on an embedded synthetic news click log (no download).",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("feedrec-demo"),
+        help="where to write the log, data, run and export (default: ./feedrec-demo)",
+    )
+    demo.add_argument(
+        "--scale",
+        choices=("small", "default"),
+        default="default",
+        help="size of the generated log (default: default)",
+    )
+    demo.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generator and training")
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="build click-sequence examples from raw logs",
+        description="Raw logs -> examples (Parquet) + vocabularies + manifest.json.",
+    )
+    from pipelines import cli as pipelines_cli
+
+    pipelines_cli.add_arguments(prepare)
+
+    train = sub.add_parser("train", help="train a model on a prepared DATA_DIR")
+    train.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    train.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
+    train.add_argument("--config", type=Path, metavar="FILE", help="TOML/JSON/YAML config")
+    train.add_argument("--epochs", type=int, help="override train.epochs")
+    train.add_argument("--batch-size", type=int, help="override train.batch_size")
+    train.add_argument("--learning-rate", type=float, help="override train.learning_rate")
+    train.add_argument("--seed", type=int, help="override train.seed")
+    train.add_argument("--history-length", type=int, help="override model.history_length")
+    train.add_argument("--pooling", help="override model.pooling")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing RUN_DIR")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run on a split of a DATA_DIR")
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    evaluate.add_argument("data_dir", type=Path, metavar="DATA_DIR")
+    evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics here")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the baselines' tie-breaking")
+
+    export = sub.add_parser("export", help="export a run as a TF Serving SavedModel")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    export.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="EXPORT_BASE",
+        help="writes EXPORT_BASE/<version>/ (a new integer version)",
+    )
+
+    recommend = sub.add_parser("recommend", help="top items for a history, from an export")
+    recommend.add_argument("export_dir", type=Path, metavar="EXPORT_DIR")
+    recommend.add_argument(
+        "--history", required=True, help="comma-separated raw item ids, oldest first"
+    )
+    recommend.add_argument(
+        "--catalog",
+        type=Path,
+        metavar="FILE",
+        help="candidate raw ids, one per line (default: the export's items)",
+    )
+    recommend.add_argument("--top-k", type=int, default=10)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command != "prepare":
+        quiet_tensorflow()
+    try:
+        return int(COMMANDS[args.command](args) or 0)
+    except USER_ERRORS as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"feedrec {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("feedrec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _prepare(args) -> int:
+    from pipelines import cli as pipelines_cli
+
+    return pipelines_cli.run(args)
+
+
+def _train(args) -> int:
+    from feedrec.config import load_config
+    from feedrec.training import train
+
+    config = load_config(
+        args.config,
+        {
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "learning_rate": args.learning_rate,
+                "seed": args.seed,
+            },
+            "model": {"history_length": args.history_length, "pooling": args.pooling},
+        },
+    )
+    history = train(args.data_dir, args.out, config, overwrite=args.overwrite)
+    if "val_auc" in history:
+        print(
+            f"best epoch {history['best_epoch']}: validation AUC "
+            f"{max(history['val_auc']):.4f}; run written to {args.out}"
+        )
+    else:
+        print(f"run written to {args.out}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from feedrec.evaluation import evaluate_run, format_table
+    from feedrec.runs import write_json
+
+    results = evaluate_run(args.run_dir, args.data_dir, args.split, seed=args.seed)
+    print(f"{args.split}: {results['examples']} examples")
+    print(format_table(results))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_json(args.json, results)
+    return 0
+
+
+def _export(args) -> int:
+    from feedrec.export import export_run
+
+    path = export_run(args.run_dir, args.out)
+    print(path)
+    return 0
+
+
+def _recommend(args) -> int:
+    from feedrec.export import recommend
+
+    history = [item for item in args.history.split(",") if item]
+    catalog = None
+    if args.catalog:
+        catalog = [line.strip() for line in args.catalog.read_text().splitlines() if line.strip()]
+    for rank, (item, score) in enumerate(
+        recommend(args.export_dir, history, catalog=catalog, top_k=args.top_k), start=1
+    ):
+        print(f"{rank:>3}  {item}  {score:.4f}")
+    return 0
+
+
+def _demo(args) -> int:
+    from feedrec.demo import run_demo
+
+    run_demo(args.workdir, scale=args.scale, epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+COMMANDS = {
+    "demo": _demo,
+    "prepare": _prepare,
+    "train": _train,
+    "evaluate": _evaluate,
+    "export": _export,
+    "recommend": _recommend,
+}
+
+if __name__ == "__main__":
+    sys.exit(main())

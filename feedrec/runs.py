@@ -1,0 +1,88 @@
+"""The run directory written by ``feedrec train`` and read by evaluate/export.
+
+Layout::
+
+    RUN_DIR/
+      config.json      the Config used (model + train sections)
+      model.keras      the trained model (Keras 3 format, best epoch)
+      data.json        where the data came from + its vocabulary sizes
+      items.parquet    copy of the item vocabulary (raw id <-> index, features)
+      history.json     per-epoch training loss and validation metrics
+      logs/            TensorBoard scalars
+
+A run directory appears complete or not at all: it is written under a
+temporary name beside ``RUN_DIR`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+RUN_FILES = ("config.json", "model.keras", "data.json", "items.parquet")
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, *, overwrite: bool = False):
+    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{path} already exists and is not empty; pass --overwrite to replace it"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    missing = [name for name in RUN_FILES if not (run_dir / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{run_dir} is not a feedrec run directory (missing {', '.join(missing)}); "
+            "create one with `feedrec train DATA_DIR --out RUN_DIR`"
+        )
+    return run_dir
+
+
+def load_run(run_dir: str | Path):
+    """Load ``(model, config, data_info)`` from a run directory."""
+    import keras
+
+    from feedrec.config import Config
+
+    run_dir = check_run_dir(run_dir)
+    config = Config.from_dict(
+        read_json(run_dir / "config.json"), source=str(run_dir / "config.json")
+    )
+    model = keras.models.load_model(run_dir / "model.keras")
+    return model, config, read_json(run_dir / "data.json")
