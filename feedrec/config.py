@@ -17,6 +17,19 @@ LOSSES = ("softmax", "binary")
 FEATURE_COMBINERS = ("sum", "concat")
 
 
+def _check_positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"`{name}` should be a positive integer. Received: {name}={value!r}")
+
+
+def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ValueError(f"`{name}` should be one of {choices}. Received: {name}={value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the recommender.
@@ -174,16 +187,3 @@ def _section(cls, values: dict[str, Any], source: str):
     if unknown:
         raise ValueError(f"{source}: unknown setting(s) {sorted(unknown)}; known: {sorted(fields)}")
     return cls(**values)
-
-
-def _check_positive(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"`{name}` should be a positive integer. Received: {name}={value!r}")
-
-
-def _check_choice(obj: Any, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(obj, name)
-    if value not in choices:
-        raise ValueError(f"`{name}` should be one of {choices}. Received: {name}={value!r}")
