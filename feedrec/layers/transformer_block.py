@@ -1,0 +1,165 @@
+"""A post-norm Transformer encoder block over a masked click history."""
+
+from __future__ import annotations
+
+import keras
+
+from feedrec.layers.masked_attention import MaskedMultiHeadAttention
+from feedrec.layers.masking import apply_mask
+
+
+@keras.saving.register_keras_serializable(package="feedrec")
+class TransformerBlock(keras.layers.Layer):
+    """Masked multi-head self-attention, then a position-wise feed-forward net.
+
+    ``x -> LayerNorm(x + Dropout(SelfAttention(x)))
+    -> LayerNorm(. + Dropout(FeedForward(.)))``, then the outputs at padded
+    positions are set to exactly 0.
+
+    Masking: ``mask`` ``(batch, history_len)`` is boolean, ``True`` = a real
+    click (``tf.sequence_mask(history_length, L)``). It is used as both query
+    and key mask (ANDed into ``(batch, L, L)``, plus a causal mask when
+    ``causal=True``), so padded keys get exactly zero attention weight, a row
+    with no clicks gives zeros and finite gradients, and whatever the padded
+    slots hold never reaches the real positions. The block keeps the time axis
+    and passes the mask on (Keras mask propagation).
+
+    Args:
+        num_heads: int. Attention heads; must divide the input's last dimension.
+        feed_forward_dim: int. Hidden width of the feed-forward network.
+        dropout: float. Dropout on the attention weights and on both residual
+            branches. Defaults to 0.
+        causal: bool. Position ``i`` attends only to clicks ``j <= i`` (for
+            training on every position). Defaults to False.
+        activation: str. Feed-forward activation. Defaults to ``"gelu"``.
+        layer_norm_epsilon: float. Defaults to ``1e-6``.
+        kernel_initializer: str or initializer. Defaults to ``"glorot_uniform"``.
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Call arguments:
+        inputs: float tensor ``(batch, history_len, dim)``.
+        mask: optional boolean ``(batch, history_len)``; ``None`` = all real.
+        training: bool. Enables dropout.
+        return_attention_scores: bool. Also return the attention weights.
+            Defaults to False.
+
+    Returns:
+        ``(batch, history_len, dim)``, and with ``return_attention_scores=True``
+        also the weights ``(batch, num_heads, history_len, history_len)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> block = TransformerBlock(num_heads=2, feed_forward_dim=16)
+    >>> x = np.random.rand(2, 6, 8).astype("float32")
+    >>> mask = np.arange(6)[None, :] < np.array([[4], [0]])
+    >>> tuple(block(x, mask=mask).shape)
+    (2, 6, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        feed_forward_dim: int,
+        dropout: float = 0.0,
+        causal: bool = False,
+        activation: str = "gelu",
+        layer_norm_epsilon: float = 1e-6,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(num_heads, int) or num_heads <= 0:
+            raise ValueError(
+                f"`num_heads` should be a positive integer. Received: num_heads={num_heads}"
+            )
+        if not isinstance(feed_forward_dim, int) or feed_forward_dim <= 0:
+            raise ValueError(
+                "`feed_forward_dim` should be a positive integer. "
+                f"Received: feed_forward_dim={feed_forward_dim}"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"`dropout` should be in [0, 1). Received: dropout={dropout}")
+        self.num_heads = num_heads
+        self.feed_forward_dim = feed_forward_dim
+        self.dropout = dropout
+        self.causal = causal
+        self.activation = activation
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = True
+
+    def build(self, inputs_shape) -> None:
+        dim = inputs_shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(
+                "The input's last dimension should be divisible by `num_heads`. "
+                f"Received: dim={dim}, num_heads={self.num_heads}"
+            )
+        common = {"dtype": self.dtype_policy}
+        self._attention = MaskedMultiHeadAttention(
+            num_heads=self.num_heads,
+            dropout=self.dropout,
+            kernel_initializer=self.kernel_initializer,
+            name="self_attention",
+            **common,
+        )
+        self._attention.build(inputs_shape, inputs_shape)
+        self._attention_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="attention_norm", **common
+        )
+        self._attention_norm.build(inputs_shape)
+        self._hidden = keras.layers.Dense(
+            self.feed_forward_dim,
+            activation=self.activation,
+            kernel_initializer=self.kernel_initializer,
+            name="feed_forward_hidden",
+            **common,
+        )
+        self._hidden.build(inputs_shape)
+        self._projection = keras.layers.Dense(
+            dim, kernel_initializer=self.kernel_initializer, name="feed_forward_output", **common
+        )
+        self._projection.build((*inputs_shape[:-1], self.feed_forward_dim))
+        self._feed_forward_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="feed_forward_norm", **common
+        )
+        self._feed_forward_norm.build(inputs_shape)
+        self._dropout_layer = keras.layers.Dropout(self.dropout, **common)
+        self.built = True
+
+    def call(self, inputs, mask=None, training=None, return_attention_scores: bool = False):
+        attended, weights = self._attention(
+            inputs,
+            inputs,
+            query_mask=mask,
+            value_mask=mask,
+            use_causal_mask=self.causal,
+            return_attention_scores=True,
+            training=training,
+        )
+        x = self._attention_norm(inputs + self._dropout_layer(attended, training=training))
+        feed_forward = self._projection(self._hidden(x))
+        x = self._feed_forward_norm(x + self._dropout_layer(feed_forward, training=training))
+        x = apply_mask(x, mask)
+        if return_attention_scores:
+            return x, weights
+        return x
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "feed_forward_dim": self.feed_forward_dim,
+                "dropout": self.dropout,
+                "causal": self.causal,
+                "activation": self.activation,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            }
+        )
+        return config
