@@ -1,0 +1,211 @@
+"""MaskedMultiHeadAttention and TransformerBlock: exact masking, by hand."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from feedrec.layers import MaskedMultiHeadAttention, TransformerBlock
+
+BATCH, LENGTH, DIM, HEADS = 3, 6, 8, 2
+LENGTHS = np.array([4, 6, 0])
+
+
+@pytest.fixture
+def inputs():
+    return np.random.default_rng(0).normal(size=(BATCH, LENGTH, DIM)).astype("float32")
+
+
+def _garbage(inputs, mask, seed=1):
+    """``inputs`` with the padded slots replaced by large random values."""
+    noise = np.random.default_rng(seed).normal(scale=100.0, size=inputs.shape)
+    return np.where(mask[..., None], inputs, noise).astype("float32")
+
+
+def _reference_attention(layer, x, mask):
+    """Multi-head attention written out in numpy from the layer's weights."""
+    wq, bq, wk, bk, wv, bv, wo, bo = (w.numpy() for w in layer.weights)
+    q = np.einsum("btd,dnh->btnh", x, wq) + bq
+    k = np.einsum("btd,dnh->btnh", x, wk) + bk
+    v = np.einsum("btd,dnh->btnh", x, wv) + bv
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    weights = np.zeros_like(scores)
+    out = np.zeros(x.shape, dtype="float64")
+    for b in range(x.shape[0]):
+        n = mask[b].sum()
+        if n == 0:
+            continue
+        s = scores[b, :, :n, :n]
+        e = np.exp(s - s.max(-1, keepdims=True))
+        weights[b, :, :n, :n] = e / e.sum(-1, keepdims=True)
+        context = np.einsum("nts,snh->tnh", weights[b, :, :n, :n], v[b, :n])
+        out[b, :n] = np.einsum("tnh,nhd->td", context, wo) + bo
+    return out, weights
+
+
+def test_attention_matches_hand_computation(inputs, lengths_mask):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(num_heads=HEADS, kernel_initializer="random_normal")
+    out, weights = layer(
+        inputs, inputs, query_mask=mask, value_mask=mask, return_attention_scores=True
+    )
+    layer.weights[1].assign(np.full((HEADS, DIM // HEADS), 0.3))  # non-zero biases
+    layer.weights[-1].assign(np.full((DIM,), -0.2))
+    out, weights = layer(
+        inputs, inputs, query_mask=mask, value_mask=mask, return_attention_scores=True
+    )
+    expected_out, expected_weights = _reference_attention(layer, inputs, mask)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), expected_out, atol=1e-5)
+
+
+def test_padded_keys_get_exactly_zero_weight_and_padded_queries_zero_output(inputs, lengths_mask):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(num_heads=HEADS)
+    out, weights = layer(
+        inputs, inputs, query_mask=mask, value_mask=mask, return_attention_scores=True
+    )
+    weights, out = weights.numpy(), out.numpy()
+    key_padded = np.broadcast_to(~mask[:, None, None, :], weights.shape)
+    assert np.all(weights[key_padded] == 0.0)
+    assert np.all(out[~mask] == 0.0)
+    assert np.all(weights[2] == 0.0)  # length 0: no uniform distribution
+    np.testing.assert_allclose(weights[0, :, :4].sum(-1), 1.0, atol=1e-6)
+
+
+def test_mask_shapes_and_sources_are_equivalent(inputs, lengths_mask):
+    # Query/key masks, an explicit (B, T, S) mask, and Keras-propagated masks agree.
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(num_heads=HEADS)
+    from_masks = layer(inputs, inputs, query_mask=mask, value_mask=mask).numpy()
+    pair = mask[:, :, None] & mask[:, None, :]
+    explicit = layer(inputs, inputs, attention_mask=pair).numpy() * mask[..., None]
+    np.testing.assert_allclose(explicit, from_masks, atol=1e-6)
+    embedded = keras.layers.Masking(mask_value=0.0)(inputs * mask[..., None])
+    propagated = layer(embedded, embedded).numpy()
+    np.testing.assert_allclose(propagated, from_masks, atol=1e-6)
+
+
+def test_causal_mask_hides_later_positions(inputs):
+    layer = MaskedMultiHeadAttention(num_heads=HEADS)
+    _, weights = layer(inputs, inputs, use_causal_mask=True, return_attention_scores=True)
+    upper = np.triu(np.ones((LENGTH, LENGTH), dtype=bool), k=1)
+    assert np.all(weights.numpy()[..., upper] == 0.0)
+    changed = inputs.copy()
+    changed[:, 3:] += 5.0
+    before = layer(inputs, inputs, use_causal_mask=True).numpy()
+    after = layer(changed, changed, use_causal_mask=True).numpy()
+    np.testing.assert_allclose(after[:, :3], before[:, :3], atol=1e-6)
+    assert not np.allclose(after[:, 3:], before[:, 3:])
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16, dropout=0.0, causal=causal)
+    clean = block(inputs, mask=mask, training=training).numpy()
+    noisy = block(_garbage(inputs, mask), mask=mask, training=training).numpy()
+    np.testing.assert_allclose(noisy, clean, atol=1e-6)
+    assert np.all(clean[~mask] == 0.0)
+    assert np.any(clean[mask] != 0.0)
+
+
+def test_block_with_dropout_keeps_padding_exact(inputs, lengths_mask):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16, dropout=0.5)
+    out, weights = block(inputs, mask=mask, training=True, return_attention_scores=True)
+    assert np.all(out.numpy()[~mask] == 0.0)
+    weights = weights.numpy()
+    assert np.all(weights[np.broadcast_to(~mask[:, None, None, :], weights.shape)] == 0.0)
+
+
+def test_block_length_zero_row_has_finite_output_and_gradients(inputs, lengths_mask, grads_of):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16)
+    x = tf.constant(inputs)
+    out = block(x, mask=mask).numpy()
+    assert np.all(out[2] == 0.0)
+    grads = grads_of(lambda: block(x, mask=mask), x, *block.trainable_variables)
+    assert all(np.all(np.isfinite(g.numpy())) for g in grads if g is not None)
+
+
+def test_block_returns_attention_weights(inputs, lengths_mask):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16)
+    out, weights = block(inputs, mask=mask, return_attention_scores=True)
+    assert tuple(out.shape) == (BATCH, LENGTH, DIM)
+    assert tuple(weights.shape) == (BATCH, HEADS, LENGTH, LENGTH)
+    np.testing.assert_allclose(weights.numpy()[1].sum(-1), 1.0, atol=1e-6)
+
+
+def test_block_passes_the_mask_on(inputs, lengths_mask):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(block.compute_mask(inputs, mask)), mask
+    )
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_block_in_mixed_precision_is_finite_and_masked(inputs, lengths_mask, policy):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16, dtype=policy)
+    out, weights = block(inputs * 50.0, mask=mask, return_attention_scores=True)
+    assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
+    out = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+    weights = keras.ops.convert_to_numpy(keras.ops.cast(weights, "float32"))
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(weights))
+    assert np.all(weights[np.broadcast_to(~mask[:, None, None, :], weights.shape)] == 0.0)
+    assert np.all(out[~mask] == 0.0)
+
+
+def test_attention_round_trip(inputs, lengths_mask, run_layer_test, tmp_path):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(num_heads=HEADS, dropout=0.1, name="attention")
+    run_layer_test(
+        layer,
+        (inputs, inputs),
+        {"query_mask": mask, "value_mask": mask, "return_attention_scores": True},
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_block_round_trip(inputs, lengths_mask, run_layer_test, tmp_path, causal):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16, dropout=0.1, causal=causal, name="block")
+    run_layer_test(block, (inputs,), {"mask": mask}, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_heads": 0}, "num_heads=0"),
+        ({"num_heads": 2, "key_dim": -1}, "key_dim=-1"),
+        ({"num_heads": 2, "dropout": 1.5}, "dropout=1.5"),
+    ],
+)
+def test_attention_argument_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MaskedMultiHeadAttention(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_heads": -1, "feed_forward_dim": 4}, "num_heads=-1"),
+        ({"num_heads": 2, "feed_forward_dim": 0}, "feed_forward_dim=0"),
+        ({"num_heads": 2, "feed_forward_dim": 4, "dropout": -0.1}, "dropout=-0.1"),
+    ],
+)
+def test_block_argument_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerBlock(**kwargs)
+
+
+def test_block_rejects_heads_not_dividing_dim(inputs):
+    with pytest.raises(ValueError, match="num_heads=3"):
+        TransformerBlock(num_heads=3, feed_forward_dim=4)(inputs)
