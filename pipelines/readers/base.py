@@ -82,6 +82,13 @@ class ReadResult:
             the history of an impression's examples is this list (plus nothing
             else), instead of being rebuilt from earlier clicks.
         inputs: the files read, as ``{"path", "bytes", "sha256"}`` dicts.
+        item_rejections: the item-metadata rows rejected (MIND ``news.tsv``),
+            with keys prefixed ``news_``; kept apart so that ``rows_read ==
+            rows_used + rows_rejected`` stays about log rows. ``None`` when
+            the format has no item file.
+        items_read: item-metadata rows seen; ``items_read ==
+            items.num_rows + item_rejections.total``. ``None`` when the format
+            has no item file.
     """
 
     events: pa.Table
@@ -90,6 +97,8 @@ class ReadResult:
     items: pa.Table | None = None
     given_history: pa.Table | None = None
     inputs: list[dict] = dataclasses.field(default_factory=list)
+    item_rejections: Rejections | None = None
+    items_read: int | None = None
 
     @property
     def rows_rejected(self) -> int:

@@ -1,0 +1,631 @@
+"""From one raw stream to a table of rows with line numbers and rejected rows.
+
+Each parser returns a :class:`Chunk`: the rows that have the right shape (as
+columns, by name), the 1-based line number of each, and the problems found so
+far. Readers then run vectorised value checks on the chunk (``Chunk.reject``)
+and call ``Chunk.finish`` to report the rejected rows, in line order, and keep
+the rest.
+
+Fast path and slow path
+-----------------------
+Text is parsed by ``pyarrow.csv`` / ``pyarrow.json`` in one call per stream.
+The result is trusted only when the stream is valid UTF-8, has no blank line,
+and the parser returned exactly one row per line: then row ``i`` is line
+``i + 1`` (``i + 2`` under a header). This assumes that no quoted field holds
+a line break, which is true of every log we read; a stream with one fails the
+row-count test. Anything else (a parse error, a wrong field count, invalid
+UTF-8, a blank line) sends the stream to the slow path, which walks it line by
+line, splits each line itself and records exact problems. Both paths produce
+the same columns, so the value checks that follow are shared.
+
+Blank lines are not rows: they are neither read nor rejected.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+
+from pipelines.readers._files import count_lines, split_lines, strip_bom, utf8_ok
+from pipelines.readers._values import safe_cast, to_numpy_mask
+from pipelines.readers.base import BadRowError, Rejections
+
+#: Splits whitespace-separated text: runs of spaces and tabs.
+WHITESPACE = None
+_WHITESPACE_RUN = re.compile(r"[ \t]+")
+_MAX_SHOWN = 120
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One rejected raw row: where (``line``), why (``key``, ``reason``), what."""
+
+    line: int
+    key: str
+    field: str | None
+    reason: str
+    value: object = None
+
+
+class Chunk:
+    """The rows of one source, with their line numbers and problems so far.
+
+    Args:
+        name: the source's display name (``source_file``).
+        table: one row per well-shaped raw row, columns by name.
+        lines: the 1-based line (or row) number of each table row.
+        rows_read: raw rows seen, well-shaped or not.
+        problems: the rows already rejected (they are not in ``table``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        table: pa.Table,
+        lines: np.ndarray,
+        rows_read: int,
+        problems: list[Problem] | None = None,
+    ):
+        self.name = name
+        self.table = table
+        self.lines = np.asarray(lines, dtype=np.int64)
+        self.rows_read = rows_read
+        self.problems = list(problems or [])
+        self.bad = np.zeros(table.num_rows, dtype=bool)
+
+    def column(self, name: str) -> pa.Array:
+        """A column as one contiguous array."""
+        return contiguous(self.table.column(name))
+
+    def reject(
+        self,
+        mask: np.ndarray,
+        key: str,
+        field: str | None,
+        reason: str,
+        values: pa.Array | Sequence | None = None,
+    ) -> None:
+        """Reject the rows in ``mask`` not rejected yet (one reason per row).
+
+        ``values`` (the column, or any sequence as long as the table) gives
+        the received value of each row for its message.
+        """
+        mask = np.asarray(mask, dtype=bool) & ~self.bad
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            return
+        if values is None:
+            shown = [None] * len(rows)
+        elif isinstance(values, pa.Array | pa.ChunkedArray):
+            shown = values.take(pa.array(rows)).to_pylist()
+        else:
+            shown = [values[row] for row in rows]
+        for row, value in zip(rows, shown, strict=True):
+            self.problems.append(Problem(int(self.lines[row]), key, field, reason, _short(value)))
+        self.bad |= mask
+
+    def convert(self, name: str, target: pa.DataType, key: str = "bad_value") -> None:
+        """Cast column ``name`` to ``target``, rejecting the rows that fail."""
+        values = self.column(name)
+        if values.type == target:
+            return
+        cast, failed = safe_cast(values, target)
+        self.reject(failed, key, name, f"expected a value of type {target}", values)
+        index = self.table.column_names.index(name)
+        self.table = self.table.set_column(index, name, cast)
+
+    def finish(self, rejections: Rejections, prefix: str = "") -> tuple[pa.Table, np.ndarray]:
+        """Report the problems in line order, then return the good rows and their lines.
+
+        In ``"error"`` mode the first problem (the earliest line) raises
+        ``BadRowError``.
+        """
+        for problem in sorted(self.problems, key=lambda problem: problem.line):
+            error = BadRowError(
+                self.name, problem.line, problem.field, problem.reason, problem.value
+            )
+            rejections.reject(prefix + problem.key, error)
+        if not self.bad.any():
+            return self.table, self.lines
+        keep = ~self.bad
+        return self.table.filter(pa.array(keep)), self.lines[keep]
+
+
+def add_source(table: pa.Table, name: str, lines: np.ndarray, position: int) -> pa.Table:
+    """Insert the ``source_file`` and ``source_line`` columns at ``position``."""
+    table = table.add_column(position, "source_file", repeat_string(name, table.num_rows))
+    return table.add_column(position + 1, "source_line", pa.array(lines, pa.int64()))
+
+
+def repeat_string(value: str, count: int) -> pa.ChunkedArray:
+    """``count`` copies of ``value`` as a string column, built from raw buffers."""
+    encoded = value.encode("utf-8")
+    per_chunk = max(1, (2**31 - 1) // max(1, len(encoded)))
+    chunks = []
+    for start in range(0, count, per_chunk):
+        rows = min(per_chunk, count - start)
+        offsets = np.arange(rows + 1, dtype=np.int64) * len(encoded)
+        chunks.append(
+            pa.StringArray.from_buffers(
+                rows, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(encoded * rows)
+            )
+        )
+    return pa.chunked_array(chunks, pa.string())
+
+
+def check_not_empty(rows_read: int, sources: Sequence, expected: str) -> None:
+    """Raise ``ValueError`` when the inputs held no row at all."""
+    if not rows_read:
+        names = [source.name for source in sources]
+        raise ValueError(f"No rows in the inputs {names}: expected {expected}")
+
+
+def contiguous(values: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """One array from a chunked one, without a copy when there is one chunk."""
+    if isinstance(values, pa.Array):
+        return values
+    if values.num_chunks == 1:
+        return values.chunk(0)
+    return values.combine_chunks()
+
+
+def _short(value: object) -> object:
+    if isinstance(value, str | bytes) and len(value) > _MAX_SHOWN:
+        return value[:_MAX_SHOWN] + ("..." if isinstance(value, str) else b"...")
+    return value
+
+
+def _missing_columns(name: str, required: Sequence[str], found: Sequence[str]) -> None:
+    missing = [column for column in required if column not in found]
+    if missing:
+        raise ValueError(
+            f"{name}: missing required column(s) {missing}; found columns {list(found)}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Delimited text (CSV, TSV, whitespace-separated).
+
+
+def read_delimited(
+    name: str,
+    data: bytes,
+    *,
+    delimiter: str | None,
+    columns: Sequence[str] | None = None,
+    required: Sequence[str] = (),
+    include: Sequence[str] | None = None,
+    quoted: bool = False,
+    types: Mapping[str, pa.DataType] | None = None,
+) -> Chunk:
+    """Parse delimited text into a chunk of string (or ``types``) columns.
+
+    Args:
+        name: display name, for messages.
+        data: the stream's bytes (already gunzipped).
+        delimiter: one character, or ``WHITESPACE`` (``None``) for runs of
+            spaces and tabs with leading and trailing ones ignored.
+        columns: the column names of a headerless format; ``None`` means the
+            first line is a header that names them.
+        required: columns that must be present (else ``ValueError``).
+        include: columns to keep (all when ``None``).
+        quoted: whether ``"`` quotes fields (CSV); TSV and MIND are unquoted.
+        types: column types to try on the fast path; a column that does not
+            parse stays a string for the reader to check (``Chunk.convert``).
+
+    A line that repeats the header is rejected as ``repeated_header``.
+    """
+    return read_delimited_many(
+        [(name, data)],
+        delimiter=delimiter,
+        columns=columns,
+        required=required,
+        include=include,
+        quoted=quoted,
+        types=types,
+    )[0]
+
+
+def read_delimited_many(
+    streams: Sequence[tuple[str, bytes]],
+    *,
+    delimiter: str | None,
+    columns: Sequence[str] | None = None,
+    required: Sequence[str] = (),
+    include: Sequence[str] | None = None,
+    quoted: bool = False,
+    types: Mapping[str, pa.DataType] | None = None,
+) -> list[Chunk]:
+    """``read_delimited`` for several ``(name, data)`` streams of one layout.
+
+    Streams that qualify for the fast path and share a header are parsed
+    together in one ``pyarrow.csv`` call (many small files parse much faster
+    that way), then split back by their line counts; if that parse fails,
+    each stream is parsed on its own.
+    """
+    texts = [
+        _Text.of(name, data, delimiter, columns, required, include, quoted)
+        for name, data in streams
+    ]
+    tables: list[pa.Table | None] = [None] * len(texts)
+    group = [i for i, text in enumerate(texts) if text.rows is not None]
+    group = [i for i in group if texts[i].columns == texts[group[0]].columns] if group else []
+    if len(group) > 1:
+        first = texts[group[0]]
+        body = b"".join(texts[i].terminated_body for i in group)
+        table = _parse_fast(body, first, types, sum(texts[i].rows for i in group))
+        if table is not None:
+            offset = 0
+            for i in group:
+                tables[i] = table.slice(offset, texts[i].rows)
+                offset += texts[i].rows
+    chunks = []
+    for text, table in zip(texts, tables, strict=True):
+        if table is None and text.rows is not None:
+            table = _parse_fast(text.body, text, types, text.rows)
+        if table is None:
+            chunk = _parse_slow(text)
+        else:
+            lines = np.arange(table.num_rows, dtype=np.int64) + text.first_line
+            chunk = Chunk(text.name, table, lines, table.num_rows)
+        if text.header:
+            _reject_repeated_header(chunk, delimiter)
+        chunks.append(chunk)
+    return chunks
+
+
+@dataclasses.dataclass(frozen=True)
+class _Text:
+    """One delimited stream, its header split off and its layout checked."""
+
+    name: str
+    body: bytes  # the lines after the header
+    first_line: int  # the line number of the body's first line
+    header: bool
+    columns: list[str]
+    include: list[str]
+    delimiter: str | None
+    quoted: bool
+    rows: int | None  # lines in the body, or None if the fast path cannot be trusted
+
+    @classmethod
+    def of(cls, name, data, delimiter, columns, required, include, quoted) -> _Text:
+        data = strip_bom(data)
+        header = columns is None
+        if header:
+            end = data.find(b"\n")
+            first, body = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+            first = first[:-1] if first.endswith(b"\r") else first
+            if not first.strip():
+                raise ValueError(f"{name}: no header line; expected the column names on line 1")
+            columns = _split(first.decode("utf-8", errors="replace"), delimiter, quoted)
+        else:
+            body = data
+        columns = list(columns)
+        _missing_columns(name, required, columns)
+        include = list(include) if include is not None else columns
+        _missing_columns(name, include, columns)
+        duplicated = sorted({column for column in include if columns.count(column) > 1})
+        if duplicated:
+            raise ValueError(f"{name}: column(s) {duplicated} appear more than once in the header")
+        rows = count_lines(body) if utf8_ok(body) else None
+        if delimiter is WHITESPACE and _irregular_spacing(body):
+            rows = None
+        return cls(
+            name, body, 2 if header else 1, header, columns, include, delimiter, quoted, rows
+        )
+
+    @property
+    def terminated_body(self) -> bytes:
+        return self.body if not self.body or self.body.endswith(b"\n") else self.body + b"\n"
+
+
+def _irregular_spacing(body: bytes) -> bool:
+    """Whether whitespace-separated text has anything but single inner spaces."""
+    return (
+        b"\t" in body
+        or b"  " in body
+        or b" \n" in body
+        or b"\n " in body
+        or b" \r" in body
+        or body.startswith(b" ")
+        or body.endswith(b" ")
+    )
+
+
+def _parse_fast(
+    body: bytes, text: _Text, types: Mapping[str, pa.DataType] | None, rows: int
+) -> pa.Table | None:
+    """``pyarrow.csv`` over ``body``; ``None`` unless it gives exactly ``rows`` rows."""
+    if rows == 0:
+        return pa.table({column: pa.array([], pa.string()) for column in text.include})
+    for attempt in [types, None] if types else [None]:
+        column_types = {column: pa.string() for column in text.include}
+        column_types.update(attempt or {})
+        try:
+            table = pa_csv.read_csv(
+                pa.py_buffer(body),
+                read_options=pa_csv.ReadOptions(column_names=text.columns, block_size=1 << 24),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=" " if text.delimiter is WHITESPACE else text.delimiter,
+                    quote_char='"' if text.quoted else False,
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types=column_types,
+                    include_columns=text.include,
+                    null_values=[],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        return table if table.num_rows == rows else None
+    return None
+
+
+def _split(text: str, delimiter: str | None, quoted: bool) -> list[str]:
+    if delimiter is WHITESPACE:
+        return _WHITESPACE_RUN.split(text.strip(" \t"))
+    if quoted and '"' in text:
+        return next(csv.reader([text], delimiter=delimiter, quotechar='"'))
+    return text.split(delimiter)
+
+
+def _describe(delimiter: str | None) -> str:
+    return {None: "whitespace", "\t": "tab", ",": "comma", ";": "semicolon"}.get(
+        delimiter, repr(delimiter)
+    )
+
+
+def _parse_slow(text: _Text) -> Chunk:
+    """Walk the body line by line, recording exact problems."""
+    columns, delimiter = text.columns, text.delimiter
+    positions = [columns.index(column) for column in text.include]
+    values: list[list[str]] = [[] for _ in text.include]
+    lines: list[int] = []
+    problems: list[Problem] = []
+    rows_read = 0
+    separated = f"{len(columns)} {_describe(delimiter)}-separated fields ({', '.join(columns)})"
+    for number, raw in enumerate(split_lines(text.body), start=text.first_line):
+        if not raw:
+            continue
+        rows_read += 1
+        try:
+            decoded = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(_not_utf8(number, raw, columns, delimiter))
+            continue
+        fields = _split(decoded, delimiter, text.quoted)
+        if len(fields) != len(columns):
+            reason = f"expected {separated}, found {len(fields)}"
+            problems.append(Problem(number, "wrong_field_count", None, reason, _short(decoded)))
+            continue
+        lines.append(number)
+        for slot, position in zip(values, positions, strict=True):
+            slot.append(fields[position])
+    table = pa.table(
+        {
+            column: pa.array(slot, pa.string())
+            for column, slot in zip(text.include, values, strict=True)
+        }
+    )
+    return Chunk(text.name, table, np.asarray(lines, dtype=np.int64), rows_read, problems)
+
+
+def _not_utf8(number: int, raw: bytes, columns: Sequence[str], delimiter: str | None) -> Problem:
+    """Name the first field holding bytes that are not UTF-8, when the shape allows."""
+    if delimiter is WHITESPACE:
+        fields = re.split(rb"[ \t]+", raw.strip(b" \t"))
+    else:
+        fields = raw.split(delimiter.encode())
+    reason = "bytes are not valid UTF-8"
+    if len(fields) == len(columns):
+        for column, field in zip(columns, fields, strict=True):
+            try:
+                field.decode("utf-8")
+            except UnicodeDecodeError:
+                return Problem(number, "not_utf8", column, reason, _short(field))
+    return Problem(number, "not_utf8", None, reason, _short(raw))
+
+
+def _reject_repeated_header(chunk: Chunk, delimiter: str | None) -> None:
+    """Reject lines whose every column holds its own name."""
+    if not chunk.table.num_rows or any(kind != pa.string() for kind in chunk.table.schema.types):
+        return  # a typed column parsed, so no line can hold the column names
+    mask = np.ones(chunk.table.num_rows, dtype=bool)
+    for name in chunk.table.column_names:
+        mask &= to_numpy_mask(pc.equal(chunk.column(name), name))
+        if not mask.any():
+            return
+    shown = (" " if delimiter is WHITESPACE else delimiter).join(chunk.table.column_names)
+    reason = "header line repeated inside the file"
+    chunk.reject(mask, "repeated_header", None, reason, [shown] * chunk.table.num_rows)
+
+
+# --------------------------------------------------------------------------------------
+# JSON Lines.
+
+
+def read_jsonl(
+    name: str,
+    data: bytes,
+    *,
+    required: Sequence[str],
+    include: Sequence[str],
+    native: Sequence[str] = (),
+) -> Chunk:
+    """Parse JSON Lines (one object per line) into a chunk.
+
+    Columns in ``native`` keep JSON numbers as numbers (timestamps, typed
+    extra columns); the others become strings (a JSON integer ``7`` reads as
+    ``"7"``). A key missing from a line is null there; a ``required`` key
+    missing from every line is a ``ValueError``. A line that is not a JSON
+    object is rejected as ``bad_json``; a value of the wrong JSON type
+    (``true``, an object, a list, a fraction where an id is expected) as
+    ``bad_value``.
+    """
+    data = strip_bom(data)
+    parsed = _jsonl_fast(data, include, native)
+    if parsed is None:
+        parsed = _jsonl_slow(data, include, native)
+    table, lines, found, problems = parsed
+    if table.num_rows or found:
+        _missing_columns(name, required, found)
+    return Chunk(name, table, lines, len(lines) + len(problems), problems)
+
+
+def _jsonl_fast(data, include, native):
+    line_count = count_lines(data)
+    if line_count is None or not utf8_ok(data):
+        return None
+    try:
+        table = pa_json.read_json(
+            pa.py_buffer(data), parse_options=pa_json.ParseOptions(newlines_in_values=False)
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != line_count:
+        return None
+    arrays = {}
+    for column in include:
+        if column not in table.column_names:
+            arrays[column] = pa.nulls(table.num_rows, pa.string())
+            continue
+        values = table.column(column).combine_chunks()
+        kind = values.type
+        allowed = pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_null(kind)
+        if column in native:
+            allowed = allowed or pa.types.is_floating(kind)
+        if not allowed:
+            return None
+        keep = column in native and not pa.types.is_null(kind)
+        arrays[column] = values if keep else pc.cast(values, pa.string())
+    lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    return pa.table(arrays), lines, table.column_names, []
+
+
+def _jsonl_slow(data, include, native):
+    rows: list[dict] = []
+    lines: list[int] = []
+    problems: list[Problem] = []
+    found: set[str] = set()
+    for number, raw in enumerate(split_lines(data), start=1):
+        if not raw:
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(
+                Problem(number, "not_utf8", None, "bytes are not valid UTF-8", _short(raw))
+            )
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            reason = "expected one JSON object per line"
+            problems.append(Problem(number, "bad_json", None, reason, _short(text)))
+            continue
+        found.update(record)
+        problem = _json_value_problem(number, record, include, native)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        rows.append(record)
+        lines.append(number)
+    arrays = {}
+    for column in include:
+        values = [row.get(column) for row in rows]
+        if column not in native or any(isinstance(value, str) for value in values):
+            values = [None if value is None else _json_text(value) for value in values]
+            arrays[column] = pa.array(values, pa.string())
+        else:
+            arrays[column] = (
+                pa.array(values)
+                if any(v is not None for v in values)
+                else pa.nulls(len(values), pa.string())
+            )
+    table = pa.table(arrays) if include else pa.table({})
+    return table, np.asarray(lines, dtype=np.int64), sorted(found), problems
+
+
+def _json_text(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _json_value_problem(number, record, include, native) -> Problem | None:
+    for column in include:
+        value = record.get(column)
+        if value is None or isinstance(value, str):
+            continue
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if column not in native:
+            ok = ok and isinstance(value, int)
+        if not ok:
+            reason = (
+                "expected a string or an integer"
+                if column not in native
+                else ("expected a string or a number")
+            )
+            return Problem(number, "bad_value", column, reason, _short(json.dumps(value)))
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Parquet.
+
+
+def read_parquet(
+    name: str,
+    data: bytes,
+    *,
+    required: Sequence[str],
+    include: Sequence[str],
+    native: Sequence[str] = (),
+) -> Chunk:
+    """Read Parquet into a chunk; "lines" are 1-based row numbers.
+
+    Columns not in ``native`` must be strings or integers and become strings.
+    """
+    try:
+        schema = pq.read_schema(pa.BufferReader(data))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{name}: not a readable Parquet file ({err})") from err
+    _missing_columns(name, required, schema.names)
+    present = [column for column in include if column in schema.names]
+    table = pq.read_table(pa.BufferReader(data), columns=present)
+    arrays = {}
+    for column in include:
+        if column not in present:
+            arrays[column] = pa.nulls(table.num_rows, pa.string())
+            continue
+        values = table.column(column).combine_chunks()
+        if pa.types.is_dictionary(values.type):
+            values = values.dictionary_decode()
+        if column not in native:
+            kind = values.type
+            if not (
+                pa.types.is_integer(kind)
+                or pa.types.is_string(kind)
+                or pa.types.is_large_string(kind)
+                or pa.types.is_null(kind)
+            ):
+                raise ValueError(
+                    f"{name}: column `{column}` should hold strings or integers. Received: {kind}"
+                )
+            values = pc.cast(values, pa.string())
+        arrays[column] = values
+    lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    return Chunk(name, pa.table(arrays), lines, table.num_rows)

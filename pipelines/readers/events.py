@@ -1,0 +1,372 @@
+"""Reader for generic click logs: CSV/TSV, Parquet or JSON Lines, gzipped or not.
+
+One row of the log is one event: a user, an item, a time and optionally an
+event type (click or impression), an impression/request id and a session id.
+Column names are options, so most logs need no code::
+
+    result = events.read(
+        ["logs/2024-05-*.csv.gz"],
+        user_col="uid", item_col="doc", time_col="ts", event_col="action",
+    )
+
+Inputs may be files, directories (their ``.csv``, ``.tsv``, ``.parquet``,
+``.jsonl`` files, optionally ``.gz``), glob patterns or zip archives. The
+format comes from the suffix (``file_format`` overrides it); a file without a
+known suffix is sniffed (Parquet magic, a leading ``{`` for JSON Lines, a tab
+in the first line for TSV, else CSV). Pickles are refused, never loaded.
+
+Timestamps are epoch seconds or milliseconds (``time_unit="s"``/``"ms"``, or
+``"auto"``: values above ``1e11`` are milliseconds), or ISO-8601 strings
+(``time_unit="iso"`` or ``"auto"``; no zone means UTC), or Parquet timestamps.
+Without an event column every row is a click (label 1). Empty impression or
+session ids are null. Line numbers in messages and ``source_line`` are
+1-based lines of the text file (the header is line 1), or row numbers for
+Parquet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.readers import _files, _table
+from pipelines.readers._values import TIME_UNITS, empty_mask, null_mask, parse_time
+from pipelines.readers.base import OnBadRows, ReadResult, Rejections
+from pipelines.schema import EVENTS
+
+#: Text files are parsed together up to about this many bytes.
+BATCH_BYTES = 128 << 20
+FILE_FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet")
+DEFAULT_EVENT_LABELS = types.MappingProxyType({"click": 1, "impression": 0, "view": 0, "show": 0})
+
+_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".npy", ".npz")
+_TIME_EXPECTED = {
+    "auto": "expected epoch seconds, epoch milliseconds or an ISO-8601 date-time",
+    "s": "expected epoch seconds",
+    "ms": "expected epoch milliseconds",
+    "iso": "expected an ISO-8601 date-time",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EventColumns:
+    """Where a log keeps each canonical field, and how to read it.
+
+    Attributes:
+        user: column of user ids.
+        item: column of item ids.
+        time: column of timestamps.
+        event: column of event types, or ``None`` (every row is a click).
+        impression: column of impression / request ids, or ``None``.
+        session: column of session ids, or ``None``.
+        time_unit: ``"auto"``, ``"s"``, ``"ms"`` or ``"iso"``.
+        event_labels: event type -> label (1 = click, 0 = shown).
+        extra: further columns to keep, name -> Arrow type (``pa.string()``
+            keeps the text); a value that does not convert rejects its row
+            as ``bad_value``.
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    time: str = "timestamp"
+    event: str | None = None
+    impression: str | None = None
+    session: str | None = None
+    time_unit: str = "auto"
+    event_labels: Mapping[str, int] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_EVENT_LABELS)
+    )
+    extra: Mapping[str, pa.DataType] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for option, value in (
+            ("user_col", self.user),
+            ("item_col", self.item),
+            ("time_col", self.time),
+        ):
+            if not isinstance(value, str) or not value:
+                raise ValueError(
+                    f"`{option}` should be a non-empty column name. Received: {option}={value!r}"
+                )
+        for option, value in (
+            ("event_col", self.event),
+            ("impression_col", self.impression),
+            ("session_col", self.session),
+        ):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(
+                    f"`{option}` should be a column name or None. Received: {option}={value!r}"
+                )
+        if self.time_unit not in TIME_UNITS:
+            raise ValueError(
+                f"`time_unit` should be one of {TIME_UNITS}. Received: time_unit={self.time_unit!r}"
+            )
+        labels = dict(self.event_labels)
+        if not labels or any(
+            not isinstance(key, str) or value not in (0, 1) or isinstance(value, bool)
+            for key, value in labels.items()
+        ):
+            raise ValueError(
+                "`event_labels` should map event type strings to 0 or 1. "
+                f"Received: event_labels={labels!r}"
+            )
+        object.__setattr__(self, "event_labels", types.MappingProxyType(labels))
+        extra = dict(self.extra)
+        for name, kind in extra.items():
+            if name in EVENTS.names or not isinstance(kind, pa.DataType):
+                raise ValueError(
+                    "`extra_cols` should map column names other than the canonical ones "
+                    f"{EVENTS.names} to Arrow types. Received: extra_cols={extra!r}"
+                )
+        object.__setattr__(self, "extra", types.MappingProxyType(extra))
+        mapped = [column for column in self.columns if column]
+        if len(set(mapped)) != len(mapped):
+            raise ValueError(f"Each source column may be used once. Received columns: {mapped}")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every source column read, canonical ones first."""
+        optional = (self.event, self.impression, self.session)
+        return (
+            self.user,
+            self.item,
+            self.time,
+            *(column for column in optional if column),
+            *self.extra,
+        )
+
+    @property
+    def native(self) -> tuple[str, ...]:
+        """Columns whose numbers stay numbers (the rest are read as text)."""
+        return (self.time, *(name for name, kind in self.extra.items() if kind != pa.string()))
+
+    @property
+    def fast_types(self) -> dict[str, pa.DataType]:
+        """Column types to try first when parsing text."""
+        typed = {name: kind for name, kind in self.extra.items()}
+        if self.time_unit in ("s", "ms"):
+            typed[self.time] = pa.int64()
+        return typed
+
+
+def read(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    on_bad_rows: OnBadRows = "error",
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str = "timestamp",
+    event_col: str | None = None,
+    impression_col: str | None = None,
+    session_col: str | None = None,
+    time_unit: str = "auto",
+    event_labels: Mapping[str, int] | None = None,
+    extra_cols: Mapping[str, pa.DataType] | Sequence[str] | None = None,
+    file_format: str = "auto",
+    delimiter: str | None = None,
+) -> ReadResult:
+    """Read a generic click log into canonical events.
+
+    Args:
+        inputs: files, directories, globs or zip archives (see module docs).
+        on_bad_rows: ``"error"`` raises ``BadRowError`` at the first bad row;
+            ``"skip"`` drops bad rows and counts them by reason.
+        user_col, item_col, time_col: columns of user ids, item ids and times.
+        event_col: column of event types, mapped by ``event_labels``; an
+            unmapped value is rejected as ``unknown_event_type``. ``None``:
+            every row is a click.
+        impression_col, session_col: optional id columns.
+        time_unit: ``"auto"``, ``"s"``, ``"ms"`` or ``"iso"``.
+        event_labels: event type -> label. Defaults to ``click`` -> 1,
+            ``impression``/``view``/``show`` -> 0.
+        extra_cols: more columns to keep in the events table, as a list of
+            names (kept as strings) or a name -> Arrow type mapping.
+        file_format: ``"auto"`` (by suffix) or one of ``"csv"``, ``"tsv"``,
+            ``"jsonl"``, ``"parquet"``.
+        delimiter: field separator of text files; defaults to ``,`` for CSV
+            and tab for TSV.
+
+    Returns:
+        A ``ReadResult`` whose ``rows_read`` counts log rows.
+    """
+    if extra_cols is None:
+        extra_cols = {}
+    elif not isinstance(extra_cols, Mapping):
+        extra_cols = dict.fromkeys(extra_cols, pa.string())
+    spec = EventColumns(
+        user=user_col,
+        item=item_col,
+        time=time_col,
+        event=event_col,
+        impression=impression_col,
+        session=session_col,
+        time_unit=time_unit,
+        event_labels=DEFAULT_EVENT_LABELS if event_labels is None else event_labels,
+        extra=extra_cols,
+    )
+    if file_format not in FILE_FORMATS:
+        raise ValueError(
+            f"`file_format` should be one of {FILE_FORMATS}. Received: file_format={file_format!r}"
+        )
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
+        raise ValueError(
+            f"`delimiter` should be a single character. Received: delimiter={delimiter!r}"
+        )
+    sources = _files.resolve(
+        inputs,
+        accept=_is_log_file,
+        expected="event log files (.csv, .tsv, .parquet, .jsonl, optionally .gz)",
+    )
+    return read_sources(
+        sources, spec, on_bad_rows=on_bad_rows, file_format=file_format, delimiter=delimiter
+    )
+
+
+def _is_log_file(name: str) -> bool:
+    return Path(name).suffix.lower() in _SUFFIXES
+
+
+def read_sources(
+    sources: Sequence[_files.Source],
+    spec: EventColumns,
+    *,
+    on_bad_rows: OnBadRows = "error",
+    file_format: str = "auto",
+    delimiter: str | None = None,
+) -> ReadResult:
+    """Read resolved sources with a column mapping (shared with the Globo preset)."""
+    rejections = Rejections(on_bad_rows)
+    tables = []
+    rows_read = 0
+    for chunk in _chunks(sources, spec, file_format, delimiter):
+        rows_read += chunk.rows_read
+        tables.append(_to_events(chunk, spec, rejections))
+    _table.check_not_empty(rows_read, sources, "at least one event")
+    return ReadResult(
+        events=pa.concat_tables(tables),
+        rows_read=rows_read,
+        rejections=rejections,
+        inputs=_files.fingerprint(sources),
+    )
+
+
+def detect_format(source: _files.Source, data: bytes, file_format: str = "auto") -> str:
+    """The format of one source: by ``file_format``, suffix, or content."""
+    suffix = Path(source.stem).suffix.lower()
+    if suffix in _PICKLE_SUFFIXES or data[:1] == b"\x80":
+        raise ValueError(f"{source.name}: looks like a pickle; feedrec never loads pickles")
+    if file_format != "auto":
+        return file_format
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    if data[:4] == b"PAR1":
+        return "parquet"
+    if _files.strip_bom(data).lstrip()[:1] == b"{":
+        return "jsonl"
+    return "tsv" if b"\t" in data[: data.find(b"\n")] else "csv"
+
+
+def _chunks(sources, spec, file_format, delimiter) -> Iterator[_table.Chunk]:
+    """Parse each source, in order; consecutive text files of one kind go in batches."""
+    batch: list[tuple[str, bytes]] = []
+    batch_kind = None
+    for source, data in _files.read_all(sources):
+        kind = detect_format(source, data, file_format)
+        if batch and (kind != batch_kind or sum(len(d) for _, d in batch) > BATCH_BYTES):
+            yield from _parse_text(batch, batch_kind, spec, delimiter)
+            batch = []
+        if kind == "parquet":
+            yield _table.read_parquet(
+                source.name, data, required=spec.columns, include=spec.columns, native=spec.native
+            )
+        elif kind == "jsonl":
+            yield _table.read_jsonl(
+                source.name, data, required=spec.columns, include=spec.columns, native=spec.native
+            )
+        else:
+            batch.append((source.name, data))
+            batch_kind = kind
+    if batch:
+        yield from _parse_text(batch, batch_kind, spec, delimiter)
+
+
+def _parse_text(batch, kind, spec, delimiter) -> list[_table.Chunk]:
+    return _table.read_delimited_many(
+        batch,
+        delimiter=delimiter or ("\t" if kind == "tsv" else ","),
+        required=spec.columns,
+        include=spec.columns,
+        quoted=kind == "csv",
+        types=spec.fast_types,
+    )
+
+
+def _to_events(chunk: _table.Chunk, spec: EventColumns, rejections: Rejections) -> pa.Table:
+    """Check values, report bad rows and build the canonical events of one chunk."""
+    rows = chunk.table.num_rows
+    user = _text(chunk.column(spec.user))
+    chunk.reject(empty_mask(user), "empty_user", spec.user, "user id is empty", user)
+    item = _text(chunk.column(spec.item))
+    chunk.reject(empty_mask(item), "empty_item", spec.item, "item id is empty", item)
+    times = chunk.column(spec.time)
+    milliseconds, failed = parse_time(times, spec.time_unit)
+    chunk.reject(failed, "bad_timestamp", spec.time, _TIME_EXPECTED[spec.time_unit], times)
+    if spec.event:
+        labels = _labels(chunk, spec)
+    else:
+        labels = np.ones(rows, dtype=np.int8)
+    for name, kind in spec.extra.items():
+        chunk.convert(name, kind)
+    columns = {
+        "user_id": user,
+        "item_id": item,
+        "time": pa.array(milliseconds, pa.int64()),
+        "label": pa.array(labels, pa.int8()),
+        "impression_id": _optional_id(chunk, spec.impression, rows),
+        "session_id": _optional_id(chunk, spec.session, rows),
+    }
+    columns.update({name: chunk.column(name) for name in spec.extra})
+    chunk.table = pa.table(columns)
+    table, lines = chunk.finish(rejections)
+    return _table.add_source(table, chunk.name, lines, position=6)
+
+
+def _labels(chunk: _table.Chunk, spec: EventColumns) -> np.ndarray:
+    values = _text(chunk.column(spec.event))
+    known = pa.array(list(spec.event_labels), pa.string())
+    index = pc.index_in(values, value_set=known)
+    unknown = null_mask(index)
+    reason = f"expected one of {sorted(spec.event_labels)}"
+    chunk.reject(unknown, "unknown_event_type", spec.event, reason, values)
+    label_of = np.asarray(list(spec.event_labels.values()), dtype=np.int8)
+    return label_of[np.asarray(pc.fill_null(index, 0).to_numpy(), dtype=np.int64)]
+
+
+def _text(values: pa.Array) -> pa.Array:
+    return values if values.type == pa.string() else pc.cast(values, pa.string())
+
+
+def _optional_id(chunk: _table.Chunk, column: str | None, rows: int) -> pa.Array:
+    if column is None:
+        return pa.nulls(rows, pa.string())
+    values = _text(chunk.column(column))
+    empty = empty_mask(values)
+    return (
+        pc.if_else(pa.array(empty), pa.nulls(rows, pa.string()), values) if empty.any() else values
+    )
