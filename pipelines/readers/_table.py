@@ -279,7 +279,8 @@ def read_delimited_many(
             lines = np.arange(table.num_rows, dtype=np.int64) + text.first_line
             chunk = Chunk(text.name, table, lines, table.num_rows)
         if text.header:
-            _reject_repeated_header(chunk, delimiter)
+            shown = (" " if delimiter is WHITESPACE else delimiter).join(text.columns)
+            _reject_repeated_header(chunk, shown)
         chunks.append(chunk)
     return chunks
 
@@ -439,8 +440,8 @@ def _not_utf8(number: int, raw: bytes, columns: Sequence[str], delimiter: str | 
     return Problem(number, "not_utf8", None, reason, _short(raw))
 
 
-def _reject_repeated_header(chunk: Chunk, delimiter: str | None) -> None:
-    """Reject lines whose every column holds its own name."""
+def _reject_repeated_header(chunk: Chunk, header: str) -> None:
+    """Reject lines whose every column holds its own name (``header`` is the line)."""
     if not chunk.table.num_rows or any(kind != pa.string() for kind in chunk.table.schema.types):
         return  # a typed column parsed, so no line can hold the column names
     mask = np.ones(chunk.table.num_rows, dtype=bool)
@@ -448,9 +449,8 @@ def _reject_repeated_header(chunk: Chunk, delimiter: str | None) -> None:
         mask &= to_numpy_mask(pc.equal(chunk.column(name), name))
         if not mask.any():
             return
-    shown = (" " if delimiter is WHITESPACE else delimiter).join(chunk.table.column_names)
     reason = "header line repeated inside the file"
-    chunk.reject(mask, "repeated_header", None, reason, [shown] * chunk.table.num_rows)
+    chunk.reject(mask, "repeated_header", None, reason, [header] * chunk.table.num_rows)
 
 
 # --------------------------------------------------------------------------------------
