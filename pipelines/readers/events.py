@@ -258,8 +258,10 @@ def read_sources(
         rows_read += chunk.rows_read
         tables.append(_to_events(chunk, spec, rejections))
     _table.check_not_empty(rows_read, sources, "at least one event")
+    table = pa.concat_tables(tables)
+    schema = pa.schema([*EVENTS, *(table.schema.field(name) for name in spec.extra)])
     return ReadResult(
-        events=pa.concat_tables(tables),
+        events=table.cast(schema),
         rows_read=rows_read,
         rejections=rejections,
         inputs=_files.fingerprint(sources),
