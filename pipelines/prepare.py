@@ -1,0 +1,1198 @@
+"""``prepare``: raw logs -> examples + vocabularies on disk (Parquet + ``manifest.json``).
+
+Data flow (local engine)::
+
+    reader -> canonical events -> [partitions by hash(user_id)]
+           -> pass A, per partition: units (clicks or impressions), splits,
+              training item counts, item activity (first seen, clicks, live intervals)
+           -> item vocabulary (train only) + negative sampler
+           -> pass B, per partition: histories, candidates, labels, in chunks
+              of examples sorted by (time, example_key), on worker threads
+           -> train/valid/test.parquet, items.parquet, features/*.parquet,
+              manifest.json, written into a temporary directory renamed into place
+
+What an example is:
+
+* **Click logs** (no impression ids: Globo, events without impressions,
+  sequences): one example per click, key ``"{user_id}/{n}"`` (the user's
+  n-th click, 0-based, in (time, input order)); candidates are the clicked
+  item followed by up to K negatives from :class:`pipelines.negatives.NegativeSampler`.
+* **Impression logs** (MIND, events with impression ids): train has one
+  example per clicked candidate, key ``"{impression_id}/{position}"``, with
+  candidates the clicked item followed by up to K of that impression's
+  non-clicked items; valid/test have one example per impression, key
+  ``"{impression_id}"``, with all its candidates in log order. Train
+  impressions without a click give no example (``impressions_without_click``).
+  An impression's time is its earliest row's; its user and session its first row's.
+* **History**: the user's clicks strictly before the example time (most
+  recent L kept), or, when the reader supplies one (MIND), the log's own
+  history list (its most recent L).
+
+Vocabulary counts (train split only): a click log counts each training click;
+an impression log counts every row of a training impression, every entry of
+its given history, and clicks outside impressions in the training period.
+
+Memory: up to ``max_rows_in_memory`` canonical events are processed in one
+partition; above that, events are spilled to ``P`` Parquet partitions by a
+hash of the user id (for ``events``/``globo`` input files, file by file as
+they are read), processed one partition at a time, and each split is merged
+back in time order slab by slab. Examples are always built and written in
+chunks of ``chunk_size``. The negative sampler keeps per-item state (first
+seen times; for ``popularity`` the clicks' (time, item), 12 bytes a click).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from pipelines.io import atomic_directory, check_destination, file_info, write_json
+from pipelines.negatives import (
+    SAMPLING_MODES,
+    ActivityAccumulator,
+    NegativeSampler,
+    check_num_negatives,
+    choose_from_pools,
+    hash_append_int,
+    hash_strings,
+    matrix_to_lists,
+    parse_duration,
+    stream_keys,
+)
+from pipelines.schema import EVENTS, EXAMPLES, OOV_INDEX, SPLITS, validate
+from pipelines.sequences import gather_lists, history_bounds, last_n, pack_user_time
+from pipelines.splits import (
+    SPLIT_MODES,
+    TRAIN,
+    assign_leave_last_out,
+    assign_time_splits,
+    check_fractions,
+    parse_time,
+    time_cutoffs,
+)
+from pipelines.vocab import Vocabulary, check_min_count, items_table
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("mind", "events", "globo", "sequences")
+ENGINES = ("local",)
+#: Formats whose input files can be read one at a time (no state across files).
+STREAMABLE_FORMATS = ("events", "globo")
+#: Reader options forwarded as keyword arguments when set.
+READER_OPTIONS = (
+    "user_col",
+    "item_col",
+    "time_col",
+    "event_col",
+    "impression_col",
+    "session_col",
+    "time_unit",
+)
+MIN_ITEM_INTERACTIONS_REASON = "min_item_interactions"
+_EVENT_COLUMNS = ("user_id", "item_id", "time", "label", "impression_id", "session_id")
+#: Snappy, and dictionaries only for the string columns: list columns encode
+#: about twice as fast without them (writing is the slowest stage).
+_PARQUET_OPTIONS = {
+    "compression": "snappy",
+    "use_dictionary": ["user_id", "impression_id", "session_id"],
+}
+
+ReadFunction = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareOptions:
+    """Every option of ``feedrec prepare`` (the CLI flags and the ``[prepare]`` config table).
+
+    Attributes:
+        engine: ``"local"`` (pyarrow + NumPy). Defaults to ``"local"``.
+        history_length: L, the most recent clicks kept per history. Defaults to 50.
+        negatives: K, negatives per click example (and per training click of an
+            impression log). Defaults to 4.
+        seed: seeds negative sampling. Defaults to 0.
+        on_bad_rows: ``"error"`` (stop at the first malformed raw row) or
+            ``"skip"`` (count it by reason). Defaults to ``"error"``.
+        split_mode: ``"time"`` or ``"leave-last-out"``; None means
+            ``"leave-last-out"`` for the ``sequences`` format, ``"time"`` otherwise.
+        valid_start, test_start: time cutoffs (ms since the epoch, ISO 8601
+            string or datetime). When unset, fractions of the log's time range
+            are used. Set both or neither.
+        valid_fraction, test_fraction: the last ``test_fraction`` of the time
+            range is test and the ``valid_fraction`` before it valid. Default 0.1 each.
+        min_count: items seen fewer times in training map to OOV. Defaults to 1.
+        min_history: examples whose full history (before truncation) is
+            shorter are not written. Defaults to 0 (keep cold-start examples).
+        min_item_interactions: drop the events of items with fewer events in
+            the whole log (SASRec-style filtering; click logs only); the dropped
+            raw rows are rejected with reason ``min_item_interactions``. Defaults to 0.
+        negative_sampling: ``"uniform"`` or ``"popularity"`` (see
+            ``pipelines.negatives``). Defaults to ``"uniform"``.
+        negative_window: only items seen within this duration before the
+            example time (ms, or ``"6h"``-style string). Defaults to None.
+        overwrite: replace a non-empty ``out_dir``. Defaults to False.
+        max_rows_in_memory: canonical events processed as one partition;
+            larger logs are partitioned. Defaults to 4,000,000.
+        num_partitions: partitions when partitioning; None picks
+            ``ceil(2 * events / max_rows_in_memory)``. Defaults to None.
+        chunk_size: examples built and written per chunk. Defaults to 250,000.
+        workers: threads building chunks. Defaults to 2.
+        user_col, item_col, time_col, event_col, impression_col, session_col,
+        time_unit: column mapping and time unit for the ``events`` reader,
+            forwarded when set. Default None.
+    """
+
+    engine: str = "local"
+    history_length: int = 50
+    negatives: int = 4
+    seed: int = 0
+    on_bad_rows: str = "error"
+    split_mode: str | None = None
+    valid_start: int | str | None = None
+    test_start: int | str | None = None
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    min_count: int = 1
+    min_history: int = 0
+    min_item_interactions: int = 0
+    negative_sampling: str = "uniform"
+    negative_window: int | str | None = None
+    overwrite: bool = False
+    max_rows_in_memory: int = 4_000_000
+    num_partitions: int | None = None
+    chunk_size: int = 250_000
+    workers: int = 2
+    user_col: str | None = None
+    item_col: str | None = None
+    time_col: str | None = None
+    event_col: str | None = None
+    impression_col: str | None = None
+    session_col: str | None = None
+    time_unit: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"`engine` should be one of {ENGINES}. Received: engine={self.engine!r}"
+            )
+        _check_int(self, "history_length", 1)
+        check_num_negatives(self.negatives)
+        _check_int(self, "seed", None)
+        if self.on_bad_rows not in ("error", "skip"):
+            raise ValueError(
+                "`on_bad_rows` should be 'error' or 'skip'. "
+                f"Received: on_bad_rows={self.on_bad_rows!r}"
+            )
+        if self.split_mode is not None and self.split_mode not in SPLIT_MODES:
+            raise ValueError(
+                f"`split_mode` should be one of {SPLIT_MODES}. "
+                f"Received: split_mode={self.split_mode!r}"
+            )
+        valid_start = parse_time(self.valid_start, "valid_start")
+        test_start = parse_time(self.test_start, "test_start")
+        if (valid_start is None) != (test_start is None):
+            raise ValueError(
+                "set both `valid_start` and `test_start`, or neither. Received: "
+                f"valid_start={self.valid_start!r}, test_start={self.test_start!r}"
+            )
+        if valid_start is not None and valid_start > test_start:
+            raise ValueError(
+                "`valid_start` should not be after `test_start`. Received: "
+                f"valid_start={self.valid_start!r}, test_start={self.test_start!r}"
+            )
+        object.__setattr__(self, "valid_start", valid_start)
+        object.__setattr__(self, "test_start", test_start)
+        check_fractions(self.valid_fraction, self.test_fraction)
+        check_min_count(self.min_count)
+        _check_int(self, "min_history", 0)
+        _check_int(self, "min_item_interactions", 0)
+        if self.negative_sampling not in SAMPLING_MODES:
+            raise ValueError(
+                f"`negative_sampling` should be one of {SAMPLING_MODES}. "
+                f"Received: negative_sampling={self.negative_sampling!r}"
+            )
+        object.__setattr__(self, "negative_window", parse_duration(self.negative_window))
+        _check_int(self, "max_rows_in_memory", 1)
+        if self.num_partitions is not None:
+            _check_int(self, "num_partitions", 1)
+        _check_int(self, "chunk_size", 1)
+        _check_int(self, "workers", 1)
+
+    def split_mode_for(self, format: str) -> str:
+        if self.split_mode is not None:
+            return self.split_mode
+        return "leave-last-out" if format == "sequences" else "time"
+
+    def reader_options(self) -> dict[str, Any]:
+        return {
+            name: getattr(self, name) for name in READER_OPTIONS if getattr(self, name) is not None
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_int(options: PrepareOptions, name: str, minimum: int | None) -> None:
+    value = getattr(options, name)
+    if (
+        not isinstance(value, int)
+        or isinstance(value, bool)
+        or (minimum is not None and value < minimum)
+    ):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"`{name}` should be an integer{bound}. Received: {name}={value!r}")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def prepare(
+    format: str,
+    inputs: list,
+    out_dir: str | Path,
+    *,
+    options: PrepareOptions | None = None,
+    progress: bool = False,
+    reader: ReadFunction | None = None,
+) -> dict:
+    """Build the examples, vocabularies and manifest of ``out_dir`` from raw logs.
+
+    Args:
+        format: ``"mind"``, ``"events"``, ``"globo"`` or ``"sequences"``.
+        inputs: list of paths (files or directories) given to the reader.
+        out_dir: str or Path. The DATA_DIR to create; written atomically.
+        options: PrepareOptions. Defaults to ``PrepareOptions()``.
+        progress: bool. Show a progress bar on stderr. Defaults to False.
+        reader: optional ``read(inputs, *, on_bad_rows, **options) -> ReadResult``
+            used instead of ``pipelines.readers.READERS[format]``.
+
+    Returns:
+        The manifest (also written to ``out_dir/manifest.json``).
+
+    Raises:
+        ValueError: bad options, or a malformed row with ``on_bad_rows="error"``
+            (``pipelines.readers.base.BadRowError``).
+        FileNotFoundError: an input does not exist.
+        FileExistsError: ``out_dir`` is not empty and ``overwrite`` is False.
+    """
+    started = time.perf_counter()
+    options = options or PrepareOptions()
+    if format not in FORMATS and reader is None:
+        raise ValueError(f"`format` should be one of {FORMATS}. Received: format={format!r}")
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ValueError("no input given; pass at least one INPUT path")
+    for path in inputs:
+        if not path.exists() and not any(c in str(path) for c in "*?["):  # globs: the reader's
+            raise FileNotFoundError(f"input not found: {path}")
+    check_destination(out_dir, overwrite=options.overwrite)
+    read = reader or _registered_reader(format)
+    bar = _Progress(progress)
+    try:
+        with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
+            job = _Job(format, inputs, options, read, tmp, bar)
+            manifest = job.run()
+            shutil.rmtree(tmp / "_work", ignore_errors=True)
+            bar.stage("finish")
+            manifest["timings_s"] = dict(bar.timings)
+            manifest["elapsed_s"] = round(time.perf_counter() - started, 3)
+            write_json(tmp / "manifest.json", manifest)
+    finally:
+        bar.close()
+    return manifest
+
+
+def _registered_reader(format: str) -> ReadFunction:
+    from pipelines.readers import READERS
+
+    if format not in READERS:
+        raise ValueError(f"no reader for format {format!r}; available: {sorted(READERS)}")
+    return READERS[format]
+
+
+class _Progress:
+    """A tqdm bar over the stages (on stderr), or nothing."""
+
+    def __init__(self, enabled: bool):
+        self._bar = None
+        self._name, self._started = None, time.perf_counter()
+        self.timings: dict[str, float] = {}
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=8, desc="prepare", unit="stage", leave=False, dynamic_ncols=True)
+
+    def stage(self, name: str, advance: bool = True) -> None:
+        self._lap()
+        self._name = name
+        logger.debug("prepare: %s", name)
+        if self._bar is not None:
+            self._bar.set_description(f"prepare: {name}")
+            if advance:
+                self._bar.update(1)
+
+    def _lap(self) -> None:
+        now = time.perf_counter()
+        if self._name is not None:
+            self.timings[self._name] = round(now - self._started, 3)
+        self._started = now
+
+    def close(self) -> None:
+        self._lap()
+        self._name = None
+        if self._bar is not None:
+            self._bar.close()
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass
+class _Store:
+    """Canonical events as read: in memory, or spilled to user-hash partitions."""
+
+    work_dir: Path
+    max_rows: int
+    num_partitions: int | None
+    tables: list[pa.Table] = dataclasses.field(default_factory=list)
+    given: list[pa.Table] = dataclasses.field(default_factory=list)
+    partitions: int = 1
+    rows: int = 0
+    batches: int = 0
+    item_ids: list[pa.Array] = dataclasses.field(default_factory=list)
+    item_events: list[pa.Table] = dataclasses.field(default_factory=list)
+    has_impressions: bool = False
+
+    @property
+    def spilled(self) -> bool:
+        return self.partitions > 1
+
+    def add(self, events: pa.Table, given: pa.Table | None, expected_rows: int) -> None:
+        events = events.select(list(_EVENT_COLUMNS)).append_column(
+            "_row", pa.array(np.arange(self.rows, self.rows + events.num_rows, dtype=np.int64))
+        )
+        self.rows += events.num_rows
+        self.has_impressions |= events.column("impression_id").null_count < events.num_rows
+        self.item_ids.append(pc.unique(events.column("item_id").combine_chunks()))
+        counted = pc.value_counts(events.column("item_id").combine_chunks())
+        self.item_events.append(
+            pa.table({"item_id": counted.field("values"), "n": counted.field("counts")})
+        )
+        if given is not None:
+            given = given.select(["impression_id", "history"])
+            self.item_ids.append(
+                pc.unique(pc.list_flatten(given.column("history")).combine_chunks())
+            )
+        if not self.spilled and max(self.rows, expected_rows) > self.max_rows:
+            self.partitions = self.num_partitions or max(
+                2, math.ceil(2 * max(self.rows, expected_rows) / self.max_rows)
+            )
+            for table, given_part in zip(self.tables, self.given, strict=True):
+                self._spill(table, given_part)
+            self.tables, self.given = [], []
+        if self.spilled:
+            self._spill(events, given)
+        else:
+            self.tables.append(events)
+            self.given.append(given)
+
+    def _spill(self, events: pa.Table, given: pa.Table | None) -> None:
+        part = _partition_of(events.column("user_id"), self.partitions)
+        given_part = None
+        if given is not None:
+            impressions = events.column("impression_id").combine_chunks()
+            where = _codes(pc.index_in(given.column("impression_id"), impressions))
+            given_part = np.where(where >= 0, part[np.maximum(where, 0)] if len(part) else -1, -1)
+        for p in range(self.partitions):
+            folder = self.work_dir / "partitions" / f"p{p:05d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(
+                events.filter(pa.array(part == p)), folder / f"events-{self.batches:06d}.parquet"
+            )
+            if given is not None:
+                pq.write_table(
+                    given.filter(pa.array(given_part == p)),
+                    folder / f"given-{self.batches:06d}.parquet",
+                )
+        self.batches += 1
+
+    def read_times(self) -> Iterator[np.ndarray]:
+        """The event times, batch by batch (from disk when spilled)."""
+        if not self.spilled:
+            for table in self.tables:
+                yield table.column("time").to_numpy()
+            return
+        for path in sorted((self.work_dir / "partitions").glob("p*/events-*.parquet")):
+            yield pq.read_table(path, columns=["time"]).column("time").to_numpy()
+
+    def iter_partitions(self) -> Iterator[tuple[pa.Table, pa.Table | None]]:
+        if not self.spilled:
+            events = pa.concat_tables(self.tables) if self.tables else _empty_events()
+            givens = [g for g in self.given if g is not None]
+            yield events, (pa.concat_tables(givens) if givens else None)
+            return
+        for p in range(self.partitions):
+            folder = self.work_dir / "partitions" / f"p{p:05d}"
+            events = pa.concat_tables(
+                [pq.read_table(f) for f in sorted(folder.glob("events-*.parquet"))]
+            )
+            given_files = sorted(folder.glob("given-*.parquet"))
+            given = (
+                pa.concat_tables([pq.read_table(f) for f in given_files]) if given_files else None
+            )
+            yield events, given
+
+
+def _partition_of(user_ids: pa.ChunkedArray | pa.Array, partitions: int) -> np.ndarray:
+    """Partition of each row: ``fnv1a64(user_id) mod partitions`` (same for every engine)."""
+    users = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else user_ids
+    encoded = users.dictionary_encode()
+    hashes = hash_strings(encoded.dictionary) % np.uint64(partitions)
+    return hashes.astype(np.int64)[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def _empty_events() -> pa.Table:
+    schema = pa.schema([EVENTS.field(c) for c in _EVENT_COLUMNS] + [pa.field("_row", pa.int64())])
+    return schema.empty_table()
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclasses.dataclass
+class _Context:
+    """Global, read-only state shared by the partitions."""
+
+    options: PrepareOptions
+    split_mode: str
+    valid_start: int
+    test_start: int
+    items: pa.Array  # sorted raw item ids; an item's code is its position
+    keep_item: np.ndarray | None  # min_item_interactions filter by code
+    has_impressions: bool
+    item_hashes: np.ndarray | None = None
+    code_to_index: np.ndarray | None = None
+    sampler: NegativeSampler | None = None
+
+
+class _Job:
+    def __init__(self, format, inputs, options, read, out: Path, bar: _Progress):
+        self.format, self.inputs, self.options, self.read = format, inputs, options, read
+        self.out, self.bar = out, bar
+        self.work = out / "_work"
+        self.rows_read = 0
+        self.rejected: collections.Counter[str] = collections.Counter()
+        self.rejected_examples: dict[str, list[str]] = {}
+        self.input_info: list[dict] = []
+        self.metadata: list[pa.Table] = []
+        self.items_read = 0
+        self.items_rejected: collections.Counter[str] = collections.Counter()
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _read_all(self) -> _Store:
+        options = self.options
+        store = _Store(self.work, options.max_rows_in_memory, options.num_partitions)
+        groups = [[p] for p in self.inputs]
+        if self.format not in STREAMABLE_FORMATS or len(self.inputs) == 1:
+            groups = [self.inputs]
+        total_bytes = sum(_size(p) for p in self.inputs)
+        seen_bytes = 0
+        for group in groups:
+            result = self.read(
+                [str(p) for p in group], on_bad_rows=options.on_bad_rows, **options.reader_options()
+            )
+            events = validate(result.events, EVENTS, f"{self.format} reader output")
+            self.rows_read += int(result.rows_read)
+            self.rejected.update(result.rejections.by_reason)
+            for key, examples in result.rejections.examples.items():
+                self.rejected_examples.setdefault(key, []).extend(examples[:5])
+            self.input_info.extend(result.inputs or [file_info(p) for p in _files(group)])
+            if result.items is not None:
+                self.metadata.append(result.items)
+            item_rejections = getattr(result, "item_rejections", None)
+            if getattr(result, "items_read", None) is not None:
+                self.items_read += int(result.items_read)
+            if item_rejections is not None:
+                self.items_rejected.update(item_rejections.by_reason)
+            seen_bytes += sum(_size(p) for p in group)
+            expected = int(
+                store.rows + events.num_rows * max(1.0, total_bytes / max(seen_bytes, 1))
+            )
+            store.add(events, result.given_history, expected if len(groups) > 1 else 0)
+            del result, events
+        return store
+
+    # -- the whole job -------------------------------------------------------------------
+
+    def run(self) -> dict:
+        options = self.options
+        self.bar.stage("read")
+        store = self._read_all()
+        ctx = self._context(store)
+
+        self.bar.stage("count")
+        counts = np.zeros(len(ctx.items), np.int64)
+        activity = ActivityAccumulator(
+            len(ctx.items), sampling=options.negative_sampling, window=options.negative_window
+        )
+        first_seen = np.full(len(ctx.items), np.iinfo(np.int64).max, np.int64)
+        cached = None
+        for events, given in store.iter_partitions():
+            part = _Partition(events, given, ctx)
+            self.rejected[MIN_ITEM_INTERACTIONS_REASON] += part.filtered
+            counts += part.training_counts()
+            np.minimum.at(first_seen, part.item, part.time)
+            if not ctx.has_impressions:
+                activity.add(part.item, part.time, part.label)
+            if not store.spilled:
+                cached = part
+        if not self.rejected[MIN_ITEM_INTERACTIONS_REASON]:
+            del self.rejected[MIN_ITEM_INTERACTIONS_REASON]
+
+        self.bar.stage("vocabulary")
+        vocab = Vocabulary.from_counts(ctx.items, counts, min_count=options.min_count)
+        ctx.code_to_index = vocab.lookup(ctx.items)
+        ctx.item_hashes = hash_strings(ctx.items)
+        if not ctx.has_impressions:
+            ctx.sampler = activity.build()
+        del activity
+        vocab_codes = pc.index_in(vocab.item_ids, ctx.items).to_numpy(zero_copy_only=False)
+        metadata = (
+            pa.concat_tables(self.metadata, promote_options="permissive") if self.metadata else None
+        )
+        items, features = items_table(vocab, first_seen=first_seen[vocab_codes], metadata=metadata)
+        pq.write_table(items, self.out / "items.parquet")
+        (self.out / "features").mkdir()
+        for name, table in features.items():
+            pq.write_table(table, self.out / "features" / f"{name}.parquet")
+
+        self.bar.stage("examples")
+        stats = {split: _SplitStats() for split in SPLITS}
+        writers = _SplitWriters(self.out, self.work, spilled=store.spilled)
+        partitions = [(None, None)] if cached is not None else store.iter_partitions()
+        with concurrent.futures.ThreadPoolExecutor(options.workers) as pool:
+            for index, (events, given) in enumerate(partitions):
+                part = cached if cached is not None else _Partition(events, given, ctx)
+                part.index_items()
+                for split_code, split in enumerate(SPLITS):
+                    plan = part.plan(split_code)
+                    stats[split].dropped_min_history += plan.dropped
+                    stats[split].impressions_without_click += plan.without_click
+                    stats[split].users += plan.users
+                    writer = writers.open(split, index)
+                    chunks = plan.chunks(options.chunk_size)
+                    for table, oov in _ordered_map(pool, part.build, chunks, options.workers + 1):
+                        stats[split].add(table, oov)
+                        writer.write_table(table)
+                    writers.close(split, index)
+                del part
+        cached = None
+        self.bar.stage("merge")
+        writers.finish(options.max_rows_in_memory)
+
+        self.bar.stage("manifest")
+        return self._manifest(store, ctx, vocab, features, stats)
+
+    def _context(self, store: _Store) -> _Context:
+        options = self.options
+        items = (
+            pa.concat_arrays([a.cast(pa.string()) for a in store.item_ids])
+            if store.item_ids
+            else pa.array([], pa.string())
+        )
+        items = pc.unique(items)
+        items = items.take(pc.array_sort_indices(items))
+        keep = None
+        if options.min_item_interactions:
+            if store.has_impressions:
+                raise ValueError(
+                    "`min_item_interactions` applies to click logs without impressions. "
+                    f"Received: min_item_interactions={options.min_item_interactions} for an "
+                    "impression log"
+                )
+            totals = (
+                pa.concat_tables(store.item_events).group_by("item_id").aggregate([("n", "sum")])
+            )
+            n = np.zeros(len(items), np.int64)
+            n[pc.index_in(totals.column("item_id"), items).to_numpy()] = totals.column(
+                "n_sum"
+            ).to_numpy()
+            keep = n >= options.min_item_interactions
+        store.item_events = []
+        split_mode = options.split_mode_for(self.format)
+        if options.valid_start is not None:
+            valid_start, test_start = options.valid_start, options.test_start
+        else:
+            valid_start, test_start = time_cutoffs(
+                store.read_times,
+                valid_fraction=options.valid_fraction,
+                test_fraction=options.test_fraction,
+            )
+        return _Context(
+            options=options,
+            split_mode=split_mode,
+            valid_start=valid_start,
+            test_start=test_start,
+            items=items,
+            keep_item=keep,
+            has_impressions=store.has_impressions,
+        )
+
+    def _manifest(self, store, ctx, vocab, features, stats) -> dict:
+        rows_rejected = int(sum(self.rejected.values()))
+        parameters = self.options.to_dict()
+        parameters["split_mode"] = ctx.split_mode
+        manifest = {
+            "format": self.format,
+            "created_by": f"feedrec {feedrec_version()}",
+            "inputs": self.input_info,
+            "parameters": parameters,
+            "rows_read": int(self.rows_read),
+            "rows_used": int(self.rows_read - rows_rejected),
+            "rows_rejected": rows_rejected,
+            "rejected_by_reason": {k: int(v) for k, v in sorted(self.rejected.items())},
+            "rejected_examples": self.rejected_examples,
+            "events": int(store.rows),
+            "has_impressions": bool(ctx.has_impressions),
+            "split_mode": ctx.split_mode,
+            "cutoffs": (
+                {"valid_start": int(ctx.valid_start), "test_start": int(ctx.test_start)}
+                if ctx.split_mode == "time"
+                else None
+            ),
+            "splits": {split: stats[split].to_dict() for split in SPLITS},
+            "impressions_without_click": int(
+                sum(s.impressions_without_click for s in stats.values())
+            ),
+            "item_metadata": {
+                "rows_read": self.items_read,
+                "rows_rejected": int(sum(self.items_rejected.values())),
+                "rejected_by_reason": {k: int(v) for k, v in sorted(self.items_rejected.items())},
+                "items": int(sum(t.num_rows for t in self.metadata)),
+            },
+            "num_items": int(vocab.size),
+            "feature_vocab_sizes": {name: int(t.num_rows) for name, t in features.items()},
+            "history_length": int(self.options.history_length),
+            "num_negatives": int(self.options.negatives),
+            "partitions": int(store.partitions),
+            "files": {
+                "splits": {split: f"{split}.parquet" for split in SPLITS},
+                "items": "items.parquet",
+                "features": {name: f"features/{name}.parquet" for name in features},
+            },
+        }
+        return manifest
+
+
+def _ordered_map(pool, function, items, ahead: int):
+    """``pool.map`` that keeps at most ``ahead`` results pending (bounded memory)."""
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(function, item))
+        if len(pending) > ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def feedrec_version() -> str:
+    """The version of feedrec (from the package, else from its installed metadata)."""
+    try:
+        from feedrec import __version__
+
+        return __version__
+    except ImportError:  # e.g. `feedrec` shadowed by a namespace package on sys.path
+        from importlib import metadata
+
+        try:
+            return metadata.version("feedrec")
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in _files([path]))
+
+
+def _files(paths) -> list[Path]:
+    files = []
+    for path in paths:
+        path = Path(path)
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return files
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@dataclasses.dataclass
+class _SplitStats:
+    examples: int = 0
+    users: int = 0
+    candidates: int = 0
+    history_oov: int = 0
+    candidate_oov: int = 0
+    dropped_min_history: int = 0
+    impressions_without_click: int = 0
+
+    def add(self, table: pa.Table, oov: tuple[int, int]) -> None:
+        self.examples += table.num_rows
+        self.history_oov += oov[0]
+        self.candidate_oov += oov[1]
+
+    def to_dict(self) -> dict:
+        return {
+            "examples": self.examples,
+            "users": self.users,
+            "oov": {"history": self.history_oov, "candidates": self.candidate_oov},
+            "dropped_min_history": self.dropped_min_history,
+            "impressions_without_click": self.impressions_without_click,
+        }
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _SplitWriters:
+    """Parquet writers: straight to ``{split}.parquet``, or per-partition runs merged at the end."""
+
+    def __init__(self, out: Path, work: Path, *, spilled: bool):
+        self.out, self.work, self.spilled = out, work, spilled
+        self._writers: dict[tuple[str, int], pq.ParquetWriter] = {}
+        self.runs: dict[str, list[Path]] = collections.defaultdict(list)
+
+    def open(self, split: str, partition: int) -> pq.ParquetWriter:
+        if self.spilled:
+            path = self.work / "runs" / split / f"run-{partition:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.runs[split].append(path)
+        else:
+            path = self.out / f"{split}.parquet"
+        writer = pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS)
+        self._writers[split, partition] = writer
+        return writer
+
+    def close(self, split: str, partition: int) -> None:
+        self._writers.pop((split, partition)).close()
+
+    def finish(self, slab_rows: int) -> None:
+        """Merge each split's runs in (time, example_key) order, one time slab at a time."""
+        for split, runs in self.runs.items():
+            merge_sorted_runs(runs, self.out / f"{split}.parquet", slab_rows)
+
+
+def merge_sorted_runs(
+    runs: list[Path], path: Path, slab_rows: int, sample_every: int = 1024
+) -> None:
+    """Merge Parquet files of examples, each sorted by (time, example_key), into one sorted file.
+
+    Memory is bounded by about ``slab_rows`` examples: slab boundaries are
+    time quantiles from a sample of every ``sample_every``-th time.
+    """
+    samples, total = [], 0
+    for run in runs:
+        handle = pq.ParquetFile(run)
+        total += handle.metadata.num_rows
+        for batch in handle.iter_batches(columns=["time"], batch_size=sample_every * 64):
+            samples.append(batch.column(0).to_numpy()[::sample_every])
+    sample = np.sort(np.concatenate(samples)) if samples else np.zeros(0, np.int64)
+    per_slab = max(1, slab_rows // sample_every)
+    bounds = np.unique(sample[per_slab::per_slab]) if len(sample) else np.zeros(0, np.int64)
+    edges = [None, *bounds.tolist(), None]
+    dataset = ds.dataset([str(r) for r in runs], format="parquet", schema=EXAMPLES)
+    with pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS) as writer:
+        for low, high in zip(edges[:-1], edges[1:], strict=True):
+            condition = None
+            if low is not None:
+                condition = ds.field("time") >= low
+            if high is not None:
+                upper = ds.field("time") < high
+                condition = upper if condition is None else condition & upper
+            slab = dataset.to_table(filter=condition)
+            if slab.num_rows:
+                writer.write_table(slab.take(_example_order(slab)))
+
+
+def _example_order(table: pa.Table) -> pa.Array:
+    return pc.sort_indices(table, sort_keys=[("time", "ascending"), ("example_key", "ascending")])
+
+
+# --------------------------------------------------------------------------- a partition
+
+
+@dataclasses.dataclass
+class _Plan:
+    """The examples of one split of one partition, sorted by (time, example_key)."""
+
+    kind: str  # "click", "impression_train" or "impression_eval"
+    keys: pa.Array
+    key_hash: np.ndarray  # fnv1a64 of the keys
+    time: np.ndarray
+    user: np.ndarray
+    session: np.ndarray
+    impression: np.ndarray
+    history_start: np.ndarray  # into the click arrays; or -1 with a given history
+    history_end: np.ndarray
+    group: np.ndarray  # impression group (impression kinds)
+    positive: np.ndarray  # clicked item code (click); clicked position in imp rows (train)
+    dropped: int = 0
+    without_click: int = 0
+    users: int = 0
+
+    def chunks(self, size: int) -> Iterator[_Plan]:
+        for begin in range(0, len(self.time), size):
+            end = min(begin + size, len(self.time))
+            yield dataclasses.replace(
+                self,
+                keys=self.keys.slice(begin, end - begin),
+                **{
+                    name: getattr(self, name)[begin:end]
+                    for name in (
+                        "key_hash",
+                        "time",
+                        "user",
+                        "session",
+                        "impression",
+                        "history_start",
+                        "history_end",
+                        "group",
+                        "positive",
+                    )
+                },
+            )
+
+
+class _Partition:
+    """The events of one partition of users, as sorted NumPy arrays."""
+
+    def __init__(self, events: pa.Table, given: pa.Table | None, ctx: _Context):
+        self.ctx = ctx
+        item = pc.index_in(events.column("item_id"), ctx.items).to_numpy(zero_copy_only=False)
+        item = np.asarray(item, np.int64)
+        self.filtered = 0
+        if ctx.keep_item is not None:
+            keep = ctx.keep_item[item]
+            self.filtered = int((~keep).sum())
+            events, item = events.filter(pa.array(keep)), item[keep]
+        row = events.column("_row").to_numpy()
+        if len(row) > 1 and not (np.diff(row) > 0).all():
+            by_row = np.argsort(row, kind="stable")
+            events, item, row = events.take(pa.array(by_row)), item[by_row], row[by_row]
+        users, self.user_ids = _encode(events.column("user_id"))
+        time_ = events.column("time").to_numpy()
+        # Sorted by (user, time); ties keep the log order (a stable sort of rows in `_row` order).
+        order = np.argsort(pack_user_time(users, time_)[0], kind="stable")
+        self.user = users[order]
+        self.time = time_[order]
+        self.item = item[order]
+        self.label = events.column("label").to_numpy()[order]
+        self.row = row[order]
+        take = pa.array(order)
+        self.sessions = events.column("session_id").combine_chunks().take(take)
+        if ctx.has_impressions:
+            impressions, self.impression_ids = _encode(events.column("impression_id"))
+            self.impression = impressions[order]
+        else:
+            self.impression_ids = pa.array([], pa.string())
+            self.impression = np.full(len(order), -1, np.int64)
+        clicks = np.flatnonzero(self.label == 1)
+        self.click_user = self.user[clicks]
+        self.click_time = self.time[clicks]
+        self.click_item = self.item[clicks]
+        self.click_position = clicks
+        # Each user's first click; each click's first click at the same (user, time).
+        self.user_first = np.searchsorted(self.click_user, np.arange(len(self.user_ids) + 1))
+        new_run = np.ones(len(clicks), bool)
+        new_run[1:] = (self.click_user[1:] != self.click_user[:-1]) | (
+            self.click_time[1:] != self.click_time[:-1]
+        )
+        self.click_run_start = np.maximum.accumulate(np.where(new_run, np.arange(len(clicks)), 0))
+        self.given = None
+        if given is not None and ctx.has_impressions:
+            # Align given histories with this partition's impression codes.
+            where = pc.index_in(self.impression_ids, given.column("impression_id"))
+            self.given = given.column("history").combine_chunks().take(where)
+            self.given = pc.fill_null(self.given, pa.scalar([], self.given.type))
+        if ctx.has_impressions:
+            self._impression_units()
+        else:
+            self.unit_time, self.unit_user = self.click_time, self.click_user
+            self.unit_tiebreak = np.arange(len(clicks))
+        if ctx.split_mode == "time":
+            self.unit_split = assign_time_splits(
+                self.unit_time, valid_start=ctx.valid_start, test_start=ctx.test_start
+            )
+        else:
+            self.unit_split = assign_leave_last_out(
+                self.unit_user, self.unit_time, self.unit_tiebreak
+            )
+        # Vocabulary indices, filled by `index_items` once the vocabulary exists.
+        self.click_index = self.row_index = None
+
+    def _impression_units(self) -> None:
+        rows = np.flatnonzero(self.impression >= 0)
+        order = np.lexsort((self.row[rows], self.impression[rows]))
+        self.imp_rows = rows[order]  # rows of each impression, in log order
+        groups = self.impression[self.imp_rows]
+        count = len(self.impression_ids)
+        self.imp_offsets = np.searchsorted(groups, np.arange(count + 1))
+        first = self.imp_rows[self.imp_offsets[:-1]]
+        starts = self.imp_offsets[:-1]
+        self.unit_time = (
+            np.minimum.reduceat(self.time[self.imp_rows], starts)
+            if count
+            else np.zeros(0, np.int64)
+        )
+        self.unit_user = self.user[first]
+        self.unit_position = first
+        self.unit_tiebreak = self.row[first]
+        self.imp_group = groups
+        clicked = self.label[self.imp_rows] == 1
+        pool = np.flatnonzero(~clicked)  # non-clicked positions, grouped by impression
+        self.pool_offsets = np.searchsorted(groups[pool], np.arange(count + 1))
+        self.pool_positions = pool
+
+    # -- pass A -------------------------------------------------------------------------
+
+    def training_counts(self) -> np.ndarray:
+        n = len(self.ctx.items)
+        train = self.unit_split == TRAIN
+        if not self.ctx.has_impressions:
+            return np.bincount(self.click_item[train], minlength=n)
+        in_train = train[self.imp_group]
+        counts = np.bincount(self.item[self.imp_rows[in_train]], minlength=n)
+        if self.given is not None:
+            lists = self.given.filter(pa.array(train))
+            values = pc.list_flatten(lists)
+            codes = _codes(pc.index_in(values, self.ctx.items))
+            counts += np.bincount(codes[codes >= 0], minlength=n)
+        # Clicks outside impressions, before the user's first non-train impression.
+        outside = (self.impression < 0) & (self.label == 1)
+        if outside.any():
+            end = np.full(len(self.user_ids), np.iinfo(np.int64).max, np.int64)
+            np.minimum.at(end, self.unit_user[~train], self.unit_time[~train])
+            if self.ctx.split_mode == "time":
+                end = np.minimum(end, self.ctx.valid_start)
+            before = outside & (self.time < end[self.user])
+            counts += np.bincount(self.item[before], minlength=n)
+        return counts
+
+    # -- pass B -------------------------------------------------------------------------
+
+    def index_items(self) -> None:
+        """Vocabulary indices of the clicks and impression rows (once the vocabulary exists)."""
+        index = self.ctx.code_to_index
+        self.click_index = index[self.click_item]
+        if self.ctx.has_impressions:
+            self.row_index = index[self.item[self.imp_rows]]
+            self.pool_items = self.item[self.imp_rows[self.pool_positions]]
+
+    def plan(self, split: int) -> _Plan:
+        options = self.ctx.options
+        units = np.flatnonzero(self.unit_split == split)
+        key_hash = None
+        if not self.ctx.has_impressions:
+            kind = "click"
+            unit_users = self.click_user[units]
+            ordinal = units - self.user_first[unit_users]
+            keys = pc.binary_join_element_wise(
+                self.user_ids.take(pa.array(unit_users)), pa.array(ordinal).cast(pa.string()), "/"
+            )
+            key_hash = hash_append_int(hash_strings(self.user_ids)[unit_users], ordinal)
+            group = np.full(len(units), -1, np.int64)
+            positive = self.click_item[units]
+            session = self.click_position[units]
+            impression = np.full(len(units), -1, np.int64)
+            without_click = 0
+        elif split == TRAIN:
+            kind = "impression_train"
+            in_split = self.unit_split[self.imp_group] == split
+            clicked = np.flatnonzero(in_split & (self.label[self.imp_rows] == 1))
+            group = self.imp_group[clicked]
+            position = clicked - self.imp_offsets[group]
+            keys = pc.binary_join_element_wise(
+                self.impression_ids.take(pa.array(group)), pa.array(position).cast(pa.string()), "/"
+            )
+            without_click = int(len(units) - len(np.unique(group)))
+            units, positive = group, clicked
+            session, impression = self.unit_position[group], group
+        else:
+            kind = "impression_eval"
+            group = units
+            keys = self.impression_ids.take(pa.array(units))
+            positive = np.full(len(units), -1, np.int64)
+            session, impression = self.unit_position[units], units
+            without_click = 0
+        times, users = self.unit_time[units], self.unit_user[units]
+        if self.given is not None:
+            lengths = pc.list_value_length(self.given).to_numpy(zero_copy_only=False)[group]
+            start = np.full(len(units), -1, np.int64)
+            end = start
+            full = lengths
+        elif kind == "click":  # the queries are the clicks themselves
+            end = self.click_run_start[units]
+            first = self.user_first[users]
+            start = np.maximum(first, end - options.history_length)
+            full = end - first
+        else:
+            start, end = history_bounds(
+                self.click_user, self.click_time, users, times, options.history_length
+            )
+            full = end - np.searchsorted(self.click_user, users, side="left")
+        if key_hash is None:
+            key_hash = hash_strings(keys)
+        keep = full >= options.min_history
+        dropped = int((~keep).sum())
+        if dropped:
+            selected = np.flatnonzero(keep)
+            order = selected[_sorted_by_time_key(times[selected], keys.take(pa.array(selected)))]
+        else:
+            order = _sorted_by_time_key(times, keys)
+        pick = order
+        return _Plan(
+            kind=kind,
+            keys=keys.take(pa.array(pick)),
+            key_hash=key_hash[pick],
+            time=times[pick],
+            user=users[pick],
+            session=session[pick],
+            impression=impression[pick],
+            history_start=start[pick],
+            history_end=end[pick],
+            group=group[pick],
+            positive=positive[pick],
+            dropped=dropped,
+            without_click=without_click,
+            users=int(np.count_nonzero(np.bincount(users[pick], minlength=1))),
+        )
+
+    def build(self, plan: _Plan) -> tuple[pa.Table, tuple[int, int]]:
+        """The examples of one chunk of a plan, and their (history, candidates) OOV counts."""
+        ctx, options = self.ctx, self.ctx.options
+        index = ctx.code_to_index
+        if self.given is not None:
+            lists = last_n(self.given.take(pa.array(plan.group)), options.history_length)
+            codes = _codes(pc.index_in(lists.values, ctx.items))
+            values = np.where(codes >= 0, index[np.maximum(codes, 0)], OOV_INDEX).astype(np.int32)
+            history = pa.ListArray.from_arrays(lists.offsets, pa.array(values, pa.int32()))
+            history_values = values
+        else:
+            history = gather_lists(
+                plan.history_start, plan.history_end, self.click_index, pa.int32()
+            )
+            history_values = history.values.to_numpy(zero_copy_only=False)
+        if plan.kind == "click":
+            negatives = ctx.sampler.sample(
+                plan.key_hash, plan.time, plan.positive, options.negatives, options.seed
+            )
+            matrix = np.concatenate([plan.positive[:, None], negatives], axis=1)
+            matrix = np.where(matrix >= 0, index[np.maximum(matrix, 0)], -1)
+            candidates = matrix_to_lists(matrix)
+            labels = _first_is_positive(candidates)
+        elif plan.kind == "impression_train":
+            streams = stream_keys(options.seed, plan.key_hash)
+            pool_items = self.pool_items
+            offsets, chosen = choose_from_pools(
+                streams,
+                self.pool_offsets[plan.group],
+                self.pool_offsets[plan.group + 1],
+                ctx.item_hashes[pool_items],
+                options.negatives,
+            )
+            positives = index[self.item[self.imp_rows[plan.positive]]]
+            candidates = _prepend(positives, offsets, index[pool_items[chosen]])
+            labels = _first_is_positive(candidates)
+        else:
+            start, end = self.imp_offsets[plan.group], self.imp_offsets[plan.group + 1]
+            candidates = gather_lists(start, end, self.row_index, pa.int32())
+            labels = gather_lists(start, end, self.label[self.imp_rows], pa.int8())
+        candidates = candidates.cast(pa.list_(pa.int32()))
+        table = pa.table(
+            {
+                "example_key": plan.keys,
+                "user_id": self.user_ids.take(pa.array(plan.user)),
+                "time": pa.array(plan.time, pa.int64()),
+                "impression_id": self.impression_ids.take(_nullable(plan.impression)),
+                "session_id": self.sessions.take(pa.array(plan.session)),
+                "history": history.cast(pa.list_(pa.int32())),
+                "history_length": pa.array(np.diff(history.offsets.to_numpy()).astype(np.int32)),
+                "candidates": candidates,
+                "labels": labels.cast(pa.list_(pa.int8())),
+            },
+            schema=EXAMPLES,
+        )
+        candidate_values = candidates.values.to_numpy(zero_copy_only=False)
+        oov = (int((history_values == OOV_INDEX).sum()), int((candidate_values == OOV_INDEX).sum()))
+        return table, oov
+
+
+def _codes(indices: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Int64 positions from ``pc.index_in``, ``-1`` where not found."""
+    return pc.fill_null(indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary codes (int64, ``-1`` for nulls) and the dictionary (string)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = array.cast(pa.string()).dictionary_encode()
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary
+
+
+def _nullable(codes: np.ndarray) -> pa.Array:
+    codes = np.asarray(codes, np.int64)
+    return pa.array(np.maximum(codes, 0), mask=codes < 0)
+
+
+def _sorted_by_time_key(times: np.ndarray, keys: pa.Array) -> np.ndarray:
+    """Order by (time, key); keys are only compared among equal times."""
+    order = np.argsort(times, kind="stable")
+    sorted_times = times[order]
+    tied = np.zeros(len(times), bool)
+    if len(times) > 1:
+        same = sorted_times[1:] == sorted_times[:-1]
+        tied[1:] |= same
+        tied[:-1] |= same
+    where = np.flatnonzero(tied)
+    if len(where):
+        subset = order[where]
+        sub = pa.table({"time": pa.array(sorted_times[where]), "key": keys.take(pa.array(subset))})
+        sub_order = pc.sort_indices(sub, sort_keys=[("time", "ascending"), ("key", "ascending")])
+        order[where] = subset[sub_order.to_numpy()]
+    return order
+
+
+def _first_is_positive(candidates: pa.ListArray) -> pa.ListArray:
+    offsets = candidates.offsets.to_numpy().astype(np.int64)
+    labels = np.zeros(int(offsets[-1]), np.int8)
+    starts = offsets[:-1][np.diff(offsets) > 0]
+    labels[starts] = 1
+    return pa.ListArray.from_arrays(candidates.offsets, pa.array(labels, pa.int8()))
+
+
+def _prepend(first: np.ndarray, offsets: np.ndarray, values: np.ndarray) -> pa.ListArray:
+    """Lists ``[first[i], *values[offsets[i]:offsets[i+1]]]``."""
+    n = len(first)
+    new_offsets = np.asarray(offsets, np.int64) + np.arange(n + 1)
+    out = np.empty(int(new_offsets[-1]), np.int32)
+    heads = np.zeros(len(out), bool)
+    heads[new_offsets[:-1]] = True
+    out[heads] = first
+    out[~heads] = values
+    return pa.ListArray.from_arrays(
+        pa.array(new_offsets.astype(np.int32)), pa.array(out, pa.int32())
+    )
