@@ -499,6 +499,7 @@ class _Job:
         self.input_info: list[dict] = []
         self.metadata: list[pa.Table] = []
         self.items_read = 0
+        self.users = 0
         self.items_rejected: collections.Counter[str] = collections.Counter()
 
     # -- reading ----------------------------------------------------------------------
@@ -555,6 +556,7 @@ class _Job:
             part = _Partition(events, given, ctx)
             self.rejected[MIN_ITEM_INTERACTIONS_REASON] += part.filtered
             counts += part.training_counts()
+            self.users += len(part.user_ids)
             np.minimum.at(first_seen, part.item, part.time)
             if not ctx.has_impressions:
                 activity.add(part.item, part.time, part.label)
@@ -667,6 +669,7 @@ class _Job:
             "rejected_by_reason": {k: int(v) for k, v in sorted(self.rejected.items())},
             "rejected_examples": self.rejected_examples,
             "events": int(store.rows),
+            "users": int(self.users),
             "has_impressions": bool(ctx.has_impressions),
             "split_mode": ctx.split_mode,
             "cutoffs": (
