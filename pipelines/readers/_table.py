@@ -8,15 +8,18 @@ the rest.
 
 Fast path and slow path
 -----------------------
-Text is parsed by ``pyarrow.csv`` / ``pyarrow.json`` in one call per stream.
-The result is trusted only when the stream is valid UTF-8, has no blank line,
-and the parser returned exactly one row per line: then row ``i`` is line
-``i + 1`` (``i + 2`` under a header). This assumes that no quoted field holds
-a line break, which is true of every log we read; a stream with one fails the
-row-count test. Anything else (a parse error, a wrong field count, invalid
-UTF-8, a blank line) sends the stream to the slow path, which walks it line by
-line, splits each line itself and records exact problems. Both paths produce
-the same columns, so the value checks that follow are shared.
+Text is parsed by ``pyarrow.csv`` / ``pyarrow.json`` in one call per stream
+(small CSV files of one layout are even parsed together, then split back).
+The result is trusted only when the stream is valid UTF-8 and the parser
+returned exactly one row per line: then row ``i`` is line ``i + 1`` (``i + 2``
+under a header). Parsers skip blank lines, so a stream with one fails that
+test. This assumes that no quoted field holds a line break, which is true of
+every log we read; a stream with one also fails the row-count test. Anything
+else (a parse error, a wrong field count, invalid UTF-8, a blank line) sends
+the stream to the slow path, which walks it line by line, splits each line
+itself and records exact problems. Both paths produce the same columns, so the
+value checks that follow (vectorised masks over whole columns) are shared, and
+messages are built only for the rows they reject.
 
 Blank lines are not rows: they are neither read nor rejected.
 """
@@ -168,6 +171,15 @@ def check_not_empty(rows_read: int, sources: Sequence, expected: str) -> None:
     if not rows_read:
         names = [source.name for source in sources]
         raise ValueError(f"No rows in the inputs {names}: expected {expected}")
+
+
+def no_format_options(reader: str, options: Mapping) -> None:
+    """Raise ``ValueError`` for options given to a reader that takes none."""
+    if options:
+        raise ValueError(
+            f"The `{reader}` reader takes no format options (its columns are fixed). "
+            f"Received: {', '.join(f'{key}={value!r}' for key, value in options.items())}"
+        )
 
 
 def contiguous(values: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -470,7 +482,7 @@ def read_jsonl(
     Columns in ``native`` keep JSON numbers as numbers (timestamps, typed
     extra columns); the others become strings (a JSON integer ``7`` reads as
     ``"7"``). A key missing from a line is null there; a ``required`` key
-    missing from every line is a ``ValueError``. A line that is not a JSON
+    that no line gives a non-null value is a ``ValueError``. A line that is not a JSON
     object is rejected as ``bad_json``; a value of the wrong JSON type
     (``true``, an object, a list, a fraction where an id is expected) as
     ``bad_value``.
@@ -489,30 +501,40 @@ def _jsonl_fast(data, include, native):
     line_count = count_lines(data)
     if line_count is None or not utf8_ok(data):
         return None
-    try:
-        table = pa_json.read_json(
-            pa.py_buffer(data), parse_options=pa_json.ParseOptions(newlines_in_values=False)
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None
-    if table.num_rows != line_count:
-        return None
-    arrays = {}
-    for column in include:
-        if column not in table.column_names:
-            arrays[column] = pa.nulls(table.num_rows, pa.string())
+    # First as strings (ids and ISO times stay text, never inferred as
+    # timestamps), then with inferred types (JSON numbers).
+    as_text = pa.schema([(column, pa.string()) for column in include])
+    for schema in (as_text, None):
+        try:
+            table = pa_json.read_json(
+                pa.py_buffer(data),
+                parse_options=pa_json.ParseOptions(
+                    explicit_schema=schema, newlines_in_values=False
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             continue
-        values = table.column(column).combine_chunks()
-        kind = values.type
-        allowed = pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_null(kind)
-        if column in native:
-            allowed = allowed or pa.types.is_floating(kind)
-        if not allowed:
+        if table.num_rows != line_count:
             return None
-        keep = column in native and not pa.types.is_null(kind)
-        arrays[column] = values if keep else pc.cast(values, pa.string())
-    lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
-    return pa.table(arrays), lines, table.column_names, []
+        arrays = {}
+        for column in include:
+            values = contiguous(table.column(column)) if column in table.column_names else None
+            if values is None or pa.types.is_null(values.type):
+                arrays[column] = pa.nulls(table.num_rows, pa.string())
+                continue
+            kind = values.type
+            allowed = pa.types.is_integer(kind) or pa.types.is_string(kind)
+            if column in native:
+                arrays[column] = values
+                allowed = allowed or pa.types.is_floating(kind)
+            else:
+                arrays[column] = pc.cast(values, pa.string()) if allowed else None
+            if not allowed:
+                return None
+        found = [name for name in table.column_names if table.column(name).null_count < len(table)]
+        lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+        return pa.table(arrays), lines, found, []
+    return None
 
 
 def _jsonl_slow(data, include, native):
@@ -538,7 +560,7 @@ def _jsonl_slow(data, include, native):
             reason = "expected one JSON object per line"
             problems.append(Problem(number, "bad_json", None, reason, _short(text)))
             continue
-        found.update(record)
+        found.update(key for key, value in record.items() if value is not None)
         problem = _json_value_problem(number, record, include, native)
         if problem is not None:
             problems.append(problem)

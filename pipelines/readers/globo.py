@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.readers import _files, events
+from pipelines.readers import _files, _table, events
 from pipelines.readers.base import OnBadRows, ReadResult
 
 FILE_PATTERN = "clicks_hour_*.csv"
@@ -48,7 +48,10 @@ COLUMNS = events.EventColumns(
 
 
 def read(
-    inputs: str | Path | Sequence[str | Path], *, on_bad_rows: OnBadRows = "error"
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    on_bad_rows: OnBadRows = "error",
+    **format_options,
 ) -> ReadResult:
     """Read Globo click files into canonical events.
 
@@ -57,10 +60,12 @@ def read(
             ``.csv.gz``), globs, or the CSV files themselves.
         on_bad_rows: ``"error"`` raises ``BadRowError`` at the first bad row;
             ``"skip"`` drops bad rows and counts them by reason.
+        **format_options: none are accepted (``ValueError``).
 
     Returns:
         A ``ReadResult`` whose ``rows_read`` counts clicks.
     """
+    _table.no_format_options("globo", format_options)
     sources = _files.resolve(
         inputs,
         accept=lambda name: fnmatch.fnmatch(name, FILE_PATTERN),

@@ -61,7 +61,10 @@ _TOKEN_PATTERN = r"^.+-[01]$"
 
 
 def read(
-    inputs: str | Path | Sequence[str | Path], *, on_bad_rows: OnBadRows = "error"
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    on_bad_rows: OnBadRows = "error",
+    **format_options,
 ) -> ReadResult:
     """Read one MIND split into canonical events, items and given histories.
 
@@ -70,10 +73,12 @@ def read(
             ``news.tsv``) files.
         on_bad_rows: ``"error"`` raises ``BadRowError`` at the first bad row
             (of either file); ``"skip"`` drops bad rows and counts them.
+        **format_options: none are accepted (``ValueError``).
 
     Returns:
         A ``ReadResult`` whose ``rows_read`` counts impressions.
     """
+    _table.no_format_options("mind", format_options)
     behaviors, news = _locate(inputs)
     rejections = Rejections(on_bad_rows)
     chunk = _table.read_delimited(

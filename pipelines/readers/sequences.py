@@ -29,7 +29,10 @@ COLUMNS = ("user_id", "item_id")
 
 
 def read(
-    inputs: str | Path | Sequence[str | Path], *, on_bad_rows: OnBadRows = "error"
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    on_bad_rows: OnBadRows = "error",
+    **format_options,
 ) -> ReadResult:
     """Read ``user item`` lines into canonical events.
 
@@ -38,10 +41,12 @@ def read(
         on_bad_rows: ``"error"`` raises ``BadRowError`` at the first bad row;
             ``"skip"`` drops bad rows (``wrong_field_count``, ``not_utf8``)
             and counts them.
+        **format_options: none are accepted (``ValueError``).
 
     Returns:
         A ``ReadResult`` whose ``rows_read`` counts interactions.
     """
+    _table.no_format_options("sequences", format_options)
     sources = _files.resolve(
         inputs,
         accept=lambda name: name.lower().endswith(".txt"),

@@ -190,16 +190,42 @@ def test_numeric_ids_in_json_and_parquet_become_strings(tmp_path):
         assert _canonical(result)[0][:3] == ("7", "i1" if path == jsonl else "42", NOV_12)
 
 
-def test_quoted_csv_fields_read_the_same_on_both_paths(tmp_path):
-    clean = tmp_path / "clean.csv"
-    clean.write_text('user_id,item_id,timestamp\n"u,1",i1,1573568086\n')
-    dirty = tmp_path / "dirty.csv"  # one bad row sends the file down the slow path
-    dirty.write_text('user_id,item_id,timestamp\n"u,1",i1,1573568086\nbroken\n')
+@pytest.mark.parametrize(
+    "name, lines, broken",
+    [
+        ("log.csv", ["user_id,item_id,timestamp", '"u,1",i1,1573568086', 'u2,"i""2",1'], "x"),
+        (
+            "log.jsonl",
+            [
+                '{"user_id": "u1", "item_id": "2019-11-12", "timestamp": "2019-11-12T14:14:46"}',
+                '{"user_id": "u2", "item_id": "i2", "timestamp": "1573568086", "x": [1]}',
+            ],
+            "{",
+        ),
+        (
+            "log.jsonl",
+            [
+                '{"user_id": 7, "item_id": 8, "timestamp": 1573568086.25}',
+                '{"user_id": 9, "timestamp": 1573568086000}',
+            ],
+            "[]",
+        ),
+    ],
+    ids=["quoted-csv", "jsonl-text", "jsonl-numbers"],
+)
+def test_fast_and_slow_paths_read_the_same(tmp_path, name, lines, broken):
+    clean = tmp_path / "clean" / name
+    dirty = tmp_path / "dirty" / name  # one bad line sends the file down the slow path
+    for path, extra in ((clean, []), (dirty, [broken])):
+        path.parent.mkdir()
+        path.write_text("\n".join(lines + extra) + "\n")
 
-    fast = events.read([clean])
+    fast = events.read([clean], on_bad_rows="skip")
     slow = events.read([dirty], on_bad_rows="skip")
 
-    assert _canonical(fast) == _canonical(slow) == [("u,1", "i1", NOV_12, 1, None, None)]
+    assert slow.rows_rejected == 1 + fast.rows_rejected
+    assert _canonical(fast) == _canonical(slow)
+    assert fast.events.num_rows > 0
 
 
 def test_crlf_bom_and_blank_lines(tmp_path):

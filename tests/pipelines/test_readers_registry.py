@@ -41,3 +41,11 @@ def test_readers_do_not_import_tensorflow():
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert output.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("format", ["mind", "globo", "sequences"])
+def test_fixed_formats_refuse_column_options(tmp_path, format):
+    with pytest.raises(
+        ValueError, match=f"`{format}` reader takes no format options.*Received: user_col='uid'"
+    ):
+        readers.read(format, [tmp_path], user_col="uid")
