@@ -8,9 +8,11 @@ import keras
 import numpy as np
 from keras import ops
 
-from feedrec import OOV_INDEX
-
 logger = logging.getLogger(__name__)
+
+#: Out-of-vocabulary item index (``pipelines.schema.OOV_INDEX``). Kept here rather
+#: than imported from the top-level package, which test layouts may shadow.
+OOV_INDEX = 1
 
 COMBINERS = ("sum", "concat")
 

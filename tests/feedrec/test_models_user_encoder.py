@@ -1,0 +1,111 @@
+"""UserEncoder: mask invariance, width invariance, empty histories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from feedrec.models import POOLING_LAYERS, UserEncoder
+
+DIM, LENGTH = 8, 6
+LENGTHS = np.array([3, 6, 0, 1], dtype=np.int32)
+
+
+def _vectors(width=LENGTH, seed=0):
+    return np.random.default_rng(seed).normal(size=(len(LENGTHS), width, DIM)).astype("float32")
+
+
+def _with_garbage(vectors, mask):
+    noise = np.random.default_rng(7).normal(scale=50.0, size=vectors.shape)
+    return np.where(mask[..., None], vectors, noise).astype("float32")
+
+
+@pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
+@pytest.mark.parametrize("num_layers", [0, 1, 2], ids=lambda n: f"{n}_layers")
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_padded_slots_change_nothing(lengths_mask, pooling, num_layers, training):
+    encoder = UserEncoder(
+        LENGTH, num_heads=2, num_layers=num_layers, feed_forward_dim=16, pooling=pooling
+    )
+    vectors = _vectors()
+    mask = lengths_mask(LENGTHS, LENGTH)
+    clean = encoder(vectors, LENGTHS, training=training).numpy()
+    noisy = encoder(_with_garbage(vectors, mask), LENGTHS, training=training).numpy()
+    np.testing.assert_allclose(noisy, clean, atol=1e-6)
+    assert np.all(np.isfinite(clean))
+
+
+@pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
+def test_same_history_padded_to_8_or_12_gives_the_same_vector(pooling):
+    # Two encoders with L=8 and L=12 whose shared weights (positions 0..7 included) match.
+    narrow = UserEncoder(8, num_heads=2, num_layers=2, feed_forward_dim=16, pooling=pooling)
+    wide = UserEncoder(12, num_heads=2, num_layers=2, feed_forward_dim=16, pooling=pooling)
+    lengths = np.array([5, 8, 0, 2], dtype=np.int32)
+    vectors = np.random.default_rng(3).normal(size=(4, 12, DIM)).astype("float32")
+    wide(vectors, lengths)
+    narrow(vectors[:, :8], lengths)
+    for target, source in zip(narrow.weights, wide.weights, strict=True):
+        target.assign(source.numpy()[: target.shape[0]])
+    np.testing.assert_allclose(
+        narrow(vectors[:, :8], lengths).numpy(), wide(vectors, lengths).numpy(), atol=1e-6
+    )
+    # and one encoder accepts any width <= L
+    np.testing.assert_allclose(
+        wide(vectors[:, :8], lengths).numpy(), wide(vectors, lengths).numpy(), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
+def test_empty_history_is_finite_with_finite_gradients(grads_of, pooling):
+    encoder = UserEncoder(LENGTH, num_heads=2, num_layers=2, feed_forward_dim=16, pooling=pooling)
+    vectors = tf.constant(_vectors())
+    user = encoder(vectors, LENGTHS).numpy()
+    np.testing.assert_array_equal(user[2], np.zeros(DIM))
+    grads = grads_of(lambda: encoder(vectors, LENGTHS), vectors, *encoder.trainable_variables)
+    assert all(g is None or np.all(np.isfinite(g.numpy())) for g in grads)
+
+
+def test_return_attention(lengths_mask):
+    encoder = UserEncoder(LENGTH, num_heads=2, num_layers=2, feed_forward_dim=16)
+    result = encoder(_vectors(), LENGTHS, return_attention=True)
+    assert sorted(result) == ["attention", "mask", "pooling", "user_vector"]
+    assert [tuple(w.shape) for w in result["attention"]] == [(4, 2, LENGTH, LENGTH)] * 2
+    np.testing.assert_array_equal(result["mask"].numpy(), lengths_mask(LENGTHS, LENGTH))
+    pooling = result["pooling"].numpy()
+    assert pooling.shape == (4, LENGTH)
+    assert np.all(pooling[~lengths_mask(LENGTHS, LENGTH)] == 0.0)
+    np.testing.assert_allclose(
+        result["user_vector"].numpy(), encoder(_vectors(), LENGTHS).numpy(), atol=1e-6
+    )
+
+
+def test_mask_comes_from_lengths_not_values():
+    # All-zero vectors in the real part still count as clicks.
+    encoder = UserEncoder(LENGTH, num_layers=0, pooling="mean", use_position_embedding=False)
+    vectors = _vectors()
+    vectors[0, 1] = 0.0
+    expected = vectors[0, :3].mean(0)
+    np.testing.assert_allclose(encoder(vectors, LENGTHS).numpy()[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"history_length": 0}, "history_length=0"),
+        ({"num_layers": -1}, "num_layers=-1"),
+        ({"pooling": "max"}, "pooling='max'"),
+        ({"dropout": 2.0}, "dropout=2.0"),
+    ],
+)
+def test_argument_checks(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        UserEncoder(**{"history_length": LENGTH, **kwargs})
+
+
+@pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
+def test_round_trip(run_layer_test, tmp_path, pooling):
+    encoder = UserEncoder(
+        LENGTH, num_heads=2, num_layers=1, feed_forward_dim=16, pooling=pooling, name="users"
+    )
+    run_layer_test(encoder, (_vectors(), LENGTHS), {}, tmp_path)
