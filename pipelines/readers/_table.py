@@ -96,12 +96,12 @@ class Chunk:
         key: str,
         field: str | None,
         reason: str,
-        values: pa.Array | Sequence | None = None,
+        values: pa.Array | Sequence | Mapping | None = None,
     ) -> None:
         """Reject the rows in ``mask`` not rejected yet (one reason per row).
 
-        ``values`` (the column, or any sequence as long as the table) gives
-        the received value of each row for its message.
+        ``values`` (the column, or anything indexed by row number) gives the
+        received value of each row for its message.
         """
         mask = np.asarray(mask, dtype=bool) & ~self.bad
         rows = np.flatnonzero(mask)

@@ -288,11 +288,12 @@ def _chunks(sources, spec, file_format, delimiter) -> Iterator[_table.Chunk]:
     """Parse each source, in order; consecutive text files of one kind go in batches."""
     batch: list[tuple[str, bytes]] = []
     batch_kind = None
+    batch_bytes = 0
     for source, data in _files.read_all(sources):
         kind = detect_format(source, data, file_format)
-        if batch and (kind != batch_kind or sum(len(d) for _, d in batch) > BATCH_BYTES):
+        if batch and (kind != batch_kind or batch_bytes > BATCH_BYTES):
             yield from _parse_text(batch, batch_kind, spec, delimiter)
-            batch = []
+            batch, batch_bytes = [], 0
         if kind == "parquet":
             yield _table.read_parquet(
                 source.name, data, required=spec.columns, include=spec.columns, native=spec.native
@@ -304,6 +305,7 @@ def _chunks(sources, spec, file_format, delimiter) -> Iterator[_table.Chunk]:
         else:
             batch.append((source.name, data))
             batch_kind = kind
+            batch_bytes += len(data)
     if batch:
         yield from _parse_text(batch, batch_kind, spec, delimiter)
 

@@ -84,6 +84,7 @@ def read(
     chunk = _table.read_delimited(
         behaviors.name, behaviors.read_bytes(), delimiter="\t", columns=BEHAVIORS_COLUMNS
     )
+    _table.check_not_empty(chunk.rows_read, [behaviors], "MIND impression lines")
     milliseconds = _check_behaviors(chunk)
     chunk.table = chunk.table.append_column("milliseconds", pa.array(milliseconds, pa.int64()))
     table, lines = chunk.finish(rejections)
@@ -148,28 +149,29 @@ def _check_behaviors(chunk: _table.Chunk) -> np.ndarray:
     text = chunk.column("time")
     milliseconds, failed = parse_mind_time(text)
     chunk.reject(failed, "bad_timestamp", "time", "expected M/D/YYYY h:mm:ss AM/PM", text)
-    tokens = split_ids(chunk.column("impressions"))
+    _reject_bad_candidates(chunk)
+    _reject_duplicates(chunk, "impression_id", "duplicate_impression_id", "impression")
+    return milliseconds
+
+
+def _reject_bad_candidates(chunk: _table.Chunk) -> None:
+    """Reject rows with a candidate that is not ``<id>-0``/``<id>-1``, or none."""
+    raw = chunk.column("impressions")
+    tokens = split_ids(raw)
     flat = pc.list_flatten(tokens)
     parents = np.asarray(pc.list_parent_indices(tokens).to_numpy(), dtype=np.int64)
     bad_tokens = np.flatnonzero(~matches(flat, _TOKEN_PATTERN))
     rows, first = np.unique(parents[bad_tokens], return_index=True)
-    shown: list = [None] * chunk.table.num_rows
-    for row, token in zip(rows, flat.take(pa.array(bad_tokens[first])).to_pylist(), strict=True):
-        shown[row] = token
-    counts = np.asarray(pc.list_value_length(tokens).to_numpy(), dtype=np.int64)
-    for row in np.flatnonzero(counts == 0):
-        shown[row] = chunk.table.column("impressions")[int(row)].as_py()
-    bad = np.zeros(chunk.table.num_rows, dtype=bool)
-    bad[rows] = True
-    chunk.reject(
-        bad | (counts == 0),
-        "bad_impression_token",
-        "impressions",
-        "expected space-separated <news id>-<0|1> candidates",
-        shown,
+    # Show each row's first bad token, or the whole field when it has none.
+    shown = dict(
+        zip(rows.tolist(), flat.take(pa.array(bad_tokens[first])).to_pylist(), strict=True)
     )
-    _reject_duplicates(chunk, "impression_id", "duplicate_impression_id", "impression")
-    return milliseconds
+    counts = np.asarray(pc.list_value_length(tokens).to_numpy(), dtype=np.int64)
+    shown.update({int(row): raw[int(row)].as_py() for row in np.flatnonzero(counts == 0)})
+    bad = np.zeros(len(raw), dtype=bool)
+    bad[list(shown)] = True
+    reason = "expected space-separated <news id>-<0|1> candidates"
+    chunk.reject(bad, "bad_impression_token", "impressions", reason, shown)
 
 
 def parse_mind_time(text: pa.Array) -> tuple[np.ndarray, np.ndarray]:

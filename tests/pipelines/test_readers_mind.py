@@ -203,3 +203,10 @@ def test_locating_the_files(tmp_path):
     other.write_text("x\n")
     with pytest.raises(ValueError, match="other.tsv: not a MIND file"):
         mind.read([other])
+
+
+def test_empty_behaviors_is_a_clear_error(tmp_path):
+    folder = _folder(tmp_path, behaviors=[])
+    (folder / "behaviors.tsv").write_text("")
+    with pytest.raises(ValueError, match="No rows in the inputs.*behaviors.tsv"):
+        mind.read([folder])
