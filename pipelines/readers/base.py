@@ -39,7 +39,10 @@ class Rejections:
 
     ``reason`` is a short stable key such as ``bad_timestamp``,
     ``wrong_field_count``, ``empty_user``, ``empty_item``, ``bad_impression_token``,
-    ``not_utf8``, ``repeated_header``; the manifest reports these counts.
+    ``not_utf8``, ``repeated_header``; the manifest reports these counts. The
+    readers also use ``unknown_event_type``, ``bad_value``, ``bad_json``,
+    ``empty_impression_id`` and ``duplicate_impression_id``, and prefix the
+    keys of item-metadata rows with ``news_`` (MIND ``news.tsv``).
     """
 
     def __init__(self, on_bad_rows: OnBadRows = "error", max_examples: int = 5):

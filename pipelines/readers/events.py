@@ -22,6 +22,14 @@ Without an event column every row is a click (label 1). Empty impression or
 session ids are null. Line numbers in messages and ``source_line`` are
 1-based lines of the text file (the header is line 1), or row numbers for
 Parquet.
+
+Rows are rejected (``BadRowError``, or counted with ``on_bad_rows="skip"``) as
+``wrong_field_count``, ``not_utf8``, ``repeated_header`` (a copy of the header
+inside the file), ``empty_user``, ``empty_item``, ``bad_timestamp``,
+``unknown_event_type``, ``bad_value`` (an extra column that does not convert,
+a JSON value of the wrong type) or ``bad_json`` (a line that is not one JSON
+object). A missing file or column, or inputs without a single row, raise
+``FileNotFoundError`` / ``ValueError`` naming the path and what was expected.
 """
 
 from __future__ import annotations
