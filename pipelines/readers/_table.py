@@ -47,6 +47,8 @@ from pipelines.readers.base import BadRowError, Rejections
 WHITESPACE = None
 _WHITESPACE_RUN = re.compile(r"[ \t]+")
 _MAX_SHOWN = 120
+#: A large stream with a bad line is re-parsed in blocks of about this size.
+BLOCK_BYTES = 4 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +288,7 @@ def read_delimited_many(
         if table is None and text.rows is not None:
             table = _parse_fast(text.body, text, types, text.rows)
         if table is None:
-            chunk = _parse_slow(text)
+            chunk = _parse_blocks(text) if len(text.body) > BLOCK_BYTES else _parse_slow(text)
         else:
             lines = np.arange(table.num_rows, dtype=np.int64) + text.first_line
             chunk = Chunk(text.name, table, lines, table.num_rows)
@@ -331,9 +333,7 @@ class _Text:
         duplicated = sorted({column for column in include if columns.count(column) > 1})
         if duplicated:
             raise ValueError(f"{name}: column(s) {duplicated} appear more than once in the header")
-        rows = count_lines(body) if utf8_ok(body) else None
-        if delimiter is WHITESPACE and _irregular_spacing(body):
-            rows = None
+        rows = _trusted_lines(body, delimiter)
         return cls(
             name, body, 2 if header else 1, header, columns, include, delimiter, quoted, rows
         )
@@ -341,6 +341,13 @@ class _Text:
     @property
     def terminated_body(self) -> bytes:
         return self.body if not self.body or self.body.endswith(b"\n") else self.body + b"\n"
+
+
+def _trusted_lines(body: bytes, delimiter: str | None) -> int | None:
+    """The line count the fast path must match, or ``None`` if it cannot be used."""
+    if not utf8_ok(body) or (delimiter is WHITESPACE and _irregular_spacing(body)):
+        return None
+    return count_lines(body)
 
 
 def _irregular_spacing(body: bytes) -> bool:
@@ -385,6 +392,36 @@ def _parse_fast(
             continue
         return table if table.num_rows == rows else None
     return None
+
+
+def _parse_blocks(text: _Text) -> Chunk:
+    """Parse a large stream that failed the fast path in blocks of whole lines.
+
+    Each block of about ``BLOCK_BYTES`` gets its own fast-path attempt, so only
+    the blocks holding bad lines are walked line by line.
+    """
+    body = text.body
+    tables, lines, problems = [], [], []
+    rows_read, start, first_line = 0, 0, text.first_line
+    while start < len(body):
+        end = body.find(b"\n", start + BLOCK_BYTES)
+        end = len(body) if end < 0 else end + 1
+        block = body[start:end]
+        part = dataclasses.replace(
+            text, body=block, first_line=first_line, rows=_trusted_lines(block, text.delimiter)
+        )
+        table = None if part.rows is None else _parse_fast(block, part, None, part.rows)
+        if table is None:
+            chunk = _parse_slow(part)
+        else:
+            chunk = Chunk(text.name, table, np.arange(table.num_rows) + first_line, table.num_rows)
+        tables.append(chunk.table)
+        lines.append(chunk.lines)
+        problems.extend(chunk.problems)
+        rows_read += chunk.rows_read
+        first_line += block.count(b"\n")
+        start = end
+    return Chunk(text.name, pa.concat_tables(tables), np.concatenate(lines), rows_read, problems)
 
 
 def _split(text: str, delimiter: str | None, quoted: bool) -> list[str]:

@@ -406,3 +406,36 @@ def test_detect_format_sniffs_unknown_suffixes(tmp_path):
     assert events.detect_format(source, b"PAR1....") == "parquet"
     assert events.detect_format(source, b"a\tb\n1\t2\n") == "tsv"
     assert events.detect_format(source, b"a,b\n1,2\n") == "csv"
+
+
+def test_large_file_with_bad_lines_is_reparsed_in_blocks(tmp_path, monkeypatch):
+    from pipelines.readers import _table
+
+    lines = ["user_id,item_id,timestamp"]
+    lines += [f"u{row % 7},i{row},{1573568086 + row}" for row in range(60)]
+    lines[10] = "u0,i9"  # wrong field count
+    lines[45] = "u0,i9,\udcff"  # not UTF-8
+    path = tmp_path / "big.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+
+    whole = events.read([path], on_bad_rows="skip")
+    calls = []
+    monkeypatch.setattr(_table, "BLOCK_BYTES", 100)
+    monkeypatch.setattr(_table, "_parse_slow", _spy(_table._parse_slow, calls))
+    blocks = events.read([path], on_bad_rows="skip")
+
+    assert blocks.events.equals(whole.events)
+    assert blocks.rejections.by_reason == whole.rejections.by_reason
+    assert dict(blocks.rejections.by_reason) == {"wrong_field_count": 1, "not_utf8": 1}
+    assert blocks.events.column("source_line").to_pylist() == [
+        line for line in range(2, 62) if line not in (11, 46)
+    ]
+    assert len(calls) == 2  # only the two blocks holding a bad line were walked
+
+
+def _spy(function, calls):
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return function(*args, **kwargs)
+
+    return spy

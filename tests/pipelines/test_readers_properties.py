@@ -19,12 +19,13 @@ import dataclasses
 import gzip
 import json
 from collections.abc import Callable
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.readers import events, globo, mind, sequences
+from pipelines.readers import _table, events, globo, mind, sequences
 from pipelines.readers.base import BadRowError
 
 SETTINGS = settings(
@@ -314,8 +315,14 @@ def _check(tmp_path, log_format: Format, case, compress: bool) -> None:
 @pytest.mark.parametrize("log_format", [*FORMATS, JSONL], ids=lambda f: f.name)
 def test_corruption_is_reported_and_counted(tmp_path, log_format):
     @SETTINGS
-    @given(case=corrupted_logs(log_format), compress=st.booleans())
-    def run(case, compress):
-        _check(tmp_path, log_format, case, compress)
+    @given(
+        case=corrupted_logs(log_format),
+        compress=st.booleans(),
+        block_bytes=st.sampled_from([_table.BLOCK_BYTES, 1, 40]),
+    )
+    def run(case, compress, block_bytes):
+        # Small blocks make a log with a bad line be re-parsed in many pieces.
+        with mock.patch.object(_table, "BLOCK_BYTES", block_bytes):
+            _check(tmp_path, log_format, case, compress)
 
     run()
