@@ -93,21 +93,21 @@ def read_all(
         return gunzip(source.name, archives[source.path].read(source.member))
 
     pending: collections.deque = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     try:
-        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-            for source in sources:
-                if source.member is not None and source.path not in archives:
-                    archives[source.path] = zipfile.ZipFile(source.path)
-                pending.append((source, pool.submit(load, source)))
-                if len(pending) > ahead:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
+        for source in sources:
+            if source.member is not None and source.path not in archives:
+                archives[source.path] = zipfile.ZipFile(source.path)
+            pending.append((source, pool.submit(load, source)))
+            if len(pending) > ahead:
                 done, future = pending.popleft()
                 yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
     finally:
-        for _, future in pending:
-            future.cancel()
+        # Stop reading ahead (a caller may stop early on a bad row), then close.
+        pool.shutdown(wait=True, cancel_futures=True)
         for archive in archives.values():
             archive.close()
 

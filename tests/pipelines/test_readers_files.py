@@ -140,6 +140,9 @@ def test_read_all_yields_every_source_in_order(tmp_path):
     sources = _files.resolve([archive], accept=_accept_csv, expected="csv")
     read = [(source.name, data) for source, data in _files.read_all(sources, ahead=3)]
     assert read == [(f"{archive}:f{index:02d}.csv", f"{index}\n".encode()) for index in range(12)]
+    stopped = _files.read_all(sources, ahead=3)
+    assert next(stopped)[1] == b"0\n"
+    stopped.close()  # a reader stopping at a bad row: read-ahead is cancelled, no error
 
 
 @pytest.mark.parametrize(

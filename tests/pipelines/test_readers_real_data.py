@@ -39,6 +39,7 @@ def test_mind_small_subset():
     assert result.item_rejections.total == 0
 
 
+@pytest.mark.slow
 def test_globo_clicks_zip():
     result = globo.read([DATA / "globo-news-clicks" / "clicks_hour_000-309.zip"])
 
