@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from feedrec.layers.arguments import check_positive_int
 from feedrec.layers.masked_pooling import MaskedPooling
 from feedrec.layers.masking import masked_softmax
 
@@ -50,11 +51,7 @@ class AttentionPooling(MaskedPooling):
         self, hidden_dim: int | None = None, kernel_initializer="glorot_uniform", **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        if hidden_dim is not None and (not isinstance(hidden_dim, int) or hidden_dim <= 0):
-            raise ValueError(
-                "`hidden_dim` should be a positive integer or None. "
-                f"Received: hidden_dim={hidden_dim}"
-            )
+        check_positive_int("hidden_dim", hidden_dim, allow_none=True)
         self.hidden_dim = hidden_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from feedrec.layers.arguments import check_positive_int, check_rate
 from feedrec.layers.masking import apply_mask, causal_mask, masked_softmax
 
 
@@ -79,16 +80,9 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(
-                f"`num_heads` should be a positive integer. Received: num_heads={num_heads}"
-            )
-        if key_dim is not None and (not isinstance(key_dim, int) or key_dim <= 0):
-            raise ValueError(
-                f"`key_dim` should be a positive integer or None. Received: key_dim={key_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` should be in [0, 1). Received: dropout={dropout}")
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("key_dim", key_dim, allow_none=True)
+        check_rate("dropout", dropout)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.dropout = dropout

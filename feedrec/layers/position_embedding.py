@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from feedrec.layers.arguments import check_positive_int
+
 
 @keras.saving.register_keras_serializable(package="feedrec")
 class PositionEmbedding(keras.layers.Layer):
@@ -47,11 +49,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     def __init__(self, sequence_length: int, initializer="glorot_uniform", **kwargs) -> None:
         super().__init__(**kwargs)
-        if not isinstance(sequence_length, int) or sequence_length <= 0:
-            raise ValueError(
-                "`sequence_length` should be a positive integer. "
-                f"Received: sequence_length={sequence_length}"
-            )
+        check_positive_int("sequence_length", sequence_length)
         self.sequence_length = sequence_length
         self.initializer = keras.initializers.get(initializer)
         self.supports_masking = True

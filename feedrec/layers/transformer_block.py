@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from feedrec.layers.arguments import check_positive_int, check_rate
 from feedrec.layers.masked_attention import MaskedMultiHeadAttention
 from feedrec.layers.masking import apply_mask
 
@@ -69,17 +70,9 @@ class TransformerBlock(keras.layers.Layer):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_heads, int) or num_heads <= 0:
-            raise ValueError(
-                f"`num_heads` should be a positive integer. Received: num_heads={num_heads}"
-            )
-        if not isinstance(feed_forward_dim, int) or feed_forward_dim <= 0:
-            raise ValueError(
-                "`feed_forward_dim` should be a positive integer. "
-                f"Received: feed_forward_dim={feed_forward_dim}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` should be in [0, 1). Received: dropout={dropout}")
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("feed_forward_dim", feed_forward_dim)
+        check_rate("dropout", dropout)
         self.num_heads = num_heads
         self.feed_forward_dim = feed_forward_dim
         self.dropout = dropout

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from feedrec.layers.arguments import check_positive_int
+
 
 def truncate_history(history, history_length, max_length: int):
     """Left-align the most recent ``max_length`` clicks of each history.
@@ -36,10 +38,7 @@ def truncate_history(history, history_length, max_length: int):
     >>> history.numpy().tolist(), length.numpy().tolist()
     ([[7, 8]], [2])
     """
-    if not isinstance(max_length, int) or max_length <= 0:
-        raise ValueError(
-            f"`max_length` should be a positive integer. Received: max_length={max_length}"
-        )
+    check_positive_int("max_length", max_length)
     history = tf.cast(tf.convert_to_tensor(history), tf.int32)
     history_length = tf.cast(tf.convert_to_tensor(history_length), tf.int32)
     width = tf.shape(history)[1]

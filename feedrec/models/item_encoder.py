@@ -8,6 +8,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from feedrec.layers.arguments import check_positive_int, check_rate
+
 logger = logging.getLogger(__name__)
 
 #: Out-of-vocabulary item index (``pipelines.schema.OOV_INDEX``). Kept here rather
@@ -81,11 +83,7 @@ class ItemEncoder(keras.layers.Layer):
                 "`num_items` should be an integer >= 2 (padding and OOV included). "
                 f"Received: num_items={num_items}"
             )
-        if not isinstance(embedding_dim, int) or embedding_dim <= 0:
-            raise ValueError(
-                "`embedding_dim` should be a positive integer. "
-                f"Received: embedding_dim={embedding_dim}"
-            )
+        check_positive_int("embedding_dim", embedding_dim)
         feature_vocab_sizes = dict(feature_vocab_sizes or {})
         for name, size in feature_vocab_sizes.items():
             if not isinstance(size, int) or size <= 0:
@@ -97,8 +95,7 @@ class ItemEncoder(keras.layers.Layer):
             raise ValueError(
                 f"`combiner` should be one of {COMBINERS}. Received: combiner={combiner!r}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` should be in [0, 1). Received: dropout={dropout}")
+        check_rate("dropout", dropout)
         self.num_items = num_items
         self.embedding_dim = embedding_dim
         self.feature_vocab_sizes = feature_vocab_sizes

@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from feedrec.layers.arguments import check_positive_int, check_rate
 from feedrec.layers.attention_pooling import AttentionPooling
 from feedrec.layers.last_click_pooling import LastClickPooling
 from feedrec.layers.masking import apply_mask
@@ -91,11 +92,7 @@ class UserEncoder(keras.layers.Layer):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(history_length, int) or history_length <= 0:
-            raise ValueError(
-                "`history_length` should be a positive integer. "
-                f"Received: history_length={history_length}"
-            )
+        check_positive_int("history_length", history_length)
         if not isinstance(num_layers, int) or num_layers < 0:
             raise ValueError(
                 f"`num_layers` should be a non-negative integer. Received: num_layers={num_layers}"
@@ -104,8 +101,7 @@ class UserEncoder(keras.layers.Layer):
             raise ValueError(
                 f"`pooling` should be one of {tuple(POOLING_LAYERS)}. Received: pooling={pooling!r}"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` should be in [0, 1). Received: dropout={dropout}")
+        check_rate("dropout", dropout)
         self.history_length = history_length
         self.num_heads = num_heads
         self.num_layers = num_layers

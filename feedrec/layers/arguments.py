@@ -1,0 +1,20 @@
+"""Constructor argument checks whose messages quote the received value."""
+
+from __future__ import annotations
+
+
+def check_positive_int(name: str, value, allow_none: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a positive int (or None if allowed)."""
+    if allow_none and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        qualifier = " or None" if allow_none else ""
+        raise ValueError(
+            f"`{name}` should be a positive integer{qualifier}. Received: {name}={value!r}"
+        )
+
+
+def check_rate(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``0 <= value < 1`` (a dropout rate)."""
+    if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` should be in [0, 1). Received: {name}={value!r}")
