@@ -374,10 +374,10 @@ class NegativeSampler:
         if self.sampling == "uniform" and self.window is None:
             positive_in_pool = self.first_seen[np.clip(positives, 0, None)] <= times
             capacity = np.minimum(width - (positive_in_pool & (positives >= 0)), num_negatives)
-        active_rows = np.flatnonzero(capacity > 0)
+        alive = capacity > 0  # rows whose previous slots were all filled
         for slot in range(num_negatives):
-            active = active_rows[capacity[active_rows] > slot]
-            filled = np.zeros(0, np.int64)
+            active = np.flatnonzero(alive & (capacity > slot))
+            filled = np.zeros(n, dtype=bool)
             for attempt in range(max_attempts):
                 if not len(active):
                     break
@@ -391,9 +391,9 @@ class NegativeSampler:
                     ok &= ~(out[active, :slot] == candidate[:, None]).any(axis=1)
                 ok &= self._live(candidate, times[active])
                 out[active[ok], slot] = candidate[ok]
-                filled = np.concatenate([filled, active[ok]])
+                filled[active[ok]] = True
                 active = active[~ok]
-            active_rows = np.sort(filled)
+            alive &= filled
         return out
 
 

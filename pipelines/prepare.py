@@ -48,6 +48,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
+import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -57,7 +58,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipelines.io import atomic_directory, check_destination, file_info, write_json
@@ -112,6 +112,8 @@ _PARQUET_OPTIONS = {
 }
 
 ReadFunction = Callable[..., Any]
+_RUN_ROW_GROUP = 16_384
+_MERGE_PIECE = 65_536
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +350,12 @@ class _Progress:
         now = time.perf_counter()
         if self._name is not None:
             self.timings[self._name] = round(now - self._started, 3)
+            logger.debug(
+                "prepare: %s took %.2fs; peak RSS %.0f MB",
+                self._name,
+                now - self._started,
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            )
         self._started = now
 
     def close(self) -> None:
@@ -367,6 +375,7 @@ class _Store:
     work_dir: Path
     max_rows: int
     num_partitions: int | None
+    count_items: bool = False  # events per item id (for `min_item_interactions`)
     tables: list[pa.Table] = dataclasses.field(default_factory=list)
     given: list[pa.Table] = dataclasses.field(default_factory=list)
     partitions: int = 1
@@ -387,10 +396,11 @@ class _Store:
         self.rows += events.num_rows
         self.has_impressions |= events.column("impression_id").null_count < events.num_rows
         self.item_ids.append(pc.unique(events.column("item_id").combine_chunks()))
-        counted = pc.value_counts(events.column("item_id").combine_chunks())
-        self.item_events.append(
-            pa.table({"item_id": counted.field("values"), "n": counted.field("counts")})
-        )
+        if self.count_items:
+            counted = pc.value_counts(events.column("item_id").combine_chunks())
+            self.item_events.append(
+                pa.table({"item_id": counted.field("values"), "n": counted.field("counts")})
+            )
         if given is not None:
             given = given.select(["impression_id", "history"])
             self.item_ids.append(
@@ -506,7 +516,12 @@ class _Job:
 
     def _read_all(self) -> _Store:
         options = self.options
-        store = _Store(self.work, options.max_rows_in_memory, options.num_partitions)
+        store = _Store(
+            self.work,
+            options.max_rows_in_memory,
+            options.num_partitions,
+            count_items=options.min_item_interactions > 0,
+        )
         groups = [[p] for p in self.inputs]
         if self.format not in STREAMABLE_FORMATS or len(self.inputs) == 1:
             groups = [self.inputs]
@@ -595,16 +610,16 @@ class _Job:
                     stats[split].dropped_min_history += plan.dropped
                     stats[split].impressions_without_click += plan.without_click
                     stats[split].users += plan.users
-                    writer = writers.open(split, index)
+                    writers.open(split, index)
                     chunks = plan.chunks(options.chunk_size)
                     for table, oov in _ordered_map(pool, part.build, chunks, options.workers + 1):
                         stats[split].add(table, oov)
-                        writer.write_table(table)
+                        writers.write(split, index, table)
                     writers.close(split, index)
                 del part
         cached = None
         self.bar.stage("merge")
-        writers.finish(options.max_rows_in_memory)
+        writers.finish(max(1, options.max_rows_in_memory // 2))
 
         self.bar.stage("manifest")
         return self._manifest(store, ctx, vocab, features, stats)
@@ -785,9 +800,16 @@ class _SplitWriters:
             self.runs[split].append(path)
         else:
             path = self.out / f"{split}.parquet"
-        writer = pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS)
+        # Runs are temporary: no compression, and small row groups whose time
+        # statistics let the merge read only the rows of each slab.
+        options = {"compression": "none"} if self.spilled else _PARQUET_OPTIONS
+        writer = pq.ParquetWriter(path, EXAMPLES, **options)
         self._writers[split, partition] = writer
         return writer
+
+    def write(self, split: str, partition: int, table: pa.Table) -> None:
+        size = _RUN_ROW_GROUP if self.spilled else None
+        self._writers[split, partition].write_table(table, row_group_size=size)
 
     def close(self, split: str, partition: int) -> None:
         self._writers.pop((split, partition)).close()
@@ -804,30 +826,47 @@ def merge_sorted_runs(
     """Merge Parquet files of examples, each sorted by (time, example_key), into one sorted file.
 
     Memory is bounded by about ``slab_rows`` examples: slab boundaries are
-    time quantiles from a sample of every ``sample_every``-th time.
+    time quantiles from a sample of every ``sample_every``-th time, and each
+    slab reads only the row groups whose time statistics overlap it.
     """
-    samples, total = [], 0
-    for run in runs:
-        handle = pq.ParquetFile(run)
-        total += handle.metadata.num_rows
+    files = [pq.ParquetFile(run) for run in runs]
+    samples, groups = [], []  # groups: (file, row group, min time, max time)
+    for number, handle in enumerate(files):
+        time_column = handle.schema_arrow.get_field_index("time")
+        for group in range(handle.metadata.num_row_groups):
+            stats = handle.metadata.row_group(group).column(time_column).statistics
+            groups.append((number, group, stats.min, stats.max))
         for batch in handle.iter_batches(columns=["time"], batch_size=sample_every * 64):
             samples.append(batch.column(0).to_numpy()[::sample_every])
     sample = np.sort(np.concatenate(samples)) if samples else np.zeros(0, np.int64)
     per_slab = max(1, slab_rows // sample_every)
     bounds = np.unique(sample[per_slab::per_slab]) if len(sample) else np.zeros(0, np.int64)
     edges = [None, *bounds.tolist(), None]
-    dataset = ds.dataset([str(r) for r in runs], format="parquet", schema=EXAMPLES)
+    pool = pa.default_memory_pool()
     with pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS) as writer:
         for low, high in zip(edges[:-1], edges[1:], strict=True):
-            condition = None
-            if low is not None:
-                condition = ds.field("time") >= low
-            if high is not None:
-                upper = ds.field("time") < high
-                condition = upper if condition is None else condition & upper
-            slab = dataset.to_table(filter=condition)
-            if slab.num_rows:
-                writer.write_table(slab.take(_example_order(slab)))
+            pieces = []
+            for number, group, first, last in groups:
+                if (low is not None and last < low) or (high is not None and first >= high):
+                    continue
+                piece = files[number].read_row_group(group)
+                times = piece.column("time")
+                mask = None
+                if low is not None:
+                    mask = pc.greater_equal(times, low)
+                if high is not None:
+                    upper = pc.less(times, high)
+                    mask = upper if mask is None else pc.and_(mask, upper)
+                pieces.append(piece if mask is None else piece.filter(mask))
+            if pieces:
+                slab = pa.concat_tables(pieces)
+                order = _example_order(slab).to_numpy()
+                # Small takes: taking list columns needs several times their size.
+                for begin in range(0, len(order), _MERGE_PIECE):
+                    piece = slab.take(pa.array(order[begin : begin + _MERGE_PIECE]))
+                    writer.write_table(piece)
+                del slab, pieces
+            pool.release_unused()
 
 
 def _example_order(table: pa.Table) -> pa.Array:
@@ -839,44 +878,35 @@ def _example_order(table: pa.Table) -> pa.Array:
 
 @dataclasses.dataclass
 class _Plan:
-    """The examples of one split of one partition, sorted by (time, example_key)."""
+    """The examples of one split of one partition, in output order: (time, example_key).
+
+    ``rows`` identify the examples: click indices (``click``), positions of
+    clicked rows in the impression rows (``impression_train``) or impression
+    groups (``impression_eval``); everything else is derived per chunk.
+    """
 
     kind: str  # "click", "impression_train" or "impression_eval"
-    keys: pa.Array
-    key_hash: np.ndarray  # fnv1a64 of the keys
-    time: np.ndarray
-    user: np.ndarray
-    session: np.ndarray
-    impression: np.ndarray
-    history_start: np.ndarray  # into the click arrays; or -1 with a given history
-    history_end: np.ndarray
-    group: np.ndarray  # impression group (impression kinds)
-    positive: np.ndarray  # clicked item code (click); clicked position in imp rows (train)
+    rows: np.ndarray
     dropped: int = 0
     without_click: int = 0
     users: int = 0
 
     def chunks(self, size: int) -> Iterator[_Plan]:
-        for begin in range(0, len(self.time), size):
-            end = min(begin + size, len(self.time))
-            yield dataclasses.replace(
-                self,
-                keys=self.keys.slice(begin, end - begin),
-                **{
-                    name: getattr(self, name)[begin:end]
-                    for name in (
-                        "key_hash",
-                        "time",
-                        "user",
-                        "session",
-                        "impression",
-                        "history_start",
-                        "history_end",
-                        "group",
-                        "positive",
-                    )
-                },
-            )
+        for begin in range(0, len(self.rows), size):
+            yield dataclasses.replace(self, rows=self.rows[begin : begin + size])
+
+
+@dataclasses.dataclass
+class _Units:
+    """Per-example arrays of a chunk (see :meth:`_Partition.units`)."""
+
+    time: np.ndarray
+    user: np.ndarray
+    head: np.ndarray  # user code (click) or impression group: the key's first part
+    tail: np.ndarray  # the key's number (click ordinal, candidate position) or -1
+    key_hash: np.ndarray
+    session: np.ndarray  # sorted position of the row carrying the session id
+    group: np.ndarray  # impression group or -1
 
 
 class _Partition:
@@ -904,8 +934,8 @@ class _Partition:
         self.item = item[order]
         self.label = events.column("label").to_numpy()[order]
         self.row = row[order]
-        take = pa.array(order)
-        self.sessions = events.column("session_id").combine_chunks().take(take)
+        self.order = order  # sorted position -> row of `events`
+        self.sessions = events.column("session_id").combine_chunks()
         if ctx.has_impressions:
             impressions, self.impression_ids = _encode(events.column("impression_id"))
             self.impression = impressions[order]
@@ -999,6 +1029,8 @@ class _Partition:
     def index_items(self) -> None:
         """Vocabulary indices of the clicks and impression rows (once the vocabulary exists)."""
         index = self.ctx.code_to_index
+        self.user_hashes = hash_strings(self.user_ids)
+        self.impression_hashes = hash_strings(self.impression_ids)
         self.click_index = index[self.click_item]
         if self.ctx.has_impressions:
             self.row_index = index[self.item[self.imp_rows]]
@@ -1007,130 +1039,129 @@ class _Partition:
     def plan(self, split: int) -> _Plan:
         options = self.ctx.options
         units = np.flatnonzero(self.unit_split == split)
-        key_hash = None
+        without_click = 0
         if not self.ctx.has_impressions:
-            kind = "click"
-            unit_users = self.click_user[units]
-            ordinal = units - self.user_first[unit_users]
-            keys = pc.binary_join_element_wise(
-                self.user_ids.take(pa.array(unit_users)), pa.array(ordinal).cast(pa.string()), "/"
-            )
-            key_hash = hash_append_int(hash_strings(self.user_ids)[unit_users], ordinal)
-            group = np.full(len(units), -1, np.int64)
-            positive = self.click_item[units]
-            session = self.click_position[units]
-            impression = np.full(len(units), -1, np.int64)
-            without_click = 0
+            kind, rows = "click", units
         elif split == TRAIN:
             kind = "impression_train"
             in_split = self.unit_split[self.imp_group] == split
-            clicked = np.flatnonzero(in_split & (self.label[self.imp_rows] == 1))
-            group = self.imp_group[clicked]
-            position = clicked - self.imp_offsets[group]
-            keys = pc.binary_join_element_wise(
-                self.impression_ids.take(pa.array(group)), pa.array(position).cast(pa.string()), "/"
-            )
-            without_click = int(len(units) - len(np.unique(group)))
-            units, positive = group, clicked
-            session, impression = self.unit_position[group], group
+            rows = np.flatnonzero(in_split & (self.label[self.imp_rows] == 1))
+            without_click = int(len(units) - len(np.unique(self.imp_group[rows])))
         else:
-            kind = "impression_eval"
-            group = units
-            keys = self.impression_ids.take(pa.array(units))
-            positive = np.full(len(units), -1, np.int64)
-            session, impression = self.unit_position[units], units
-            without_click = 0
-        times, users = self.unit_time[units], self.unit_user[units]
-        if self.given is not None:
-            lengths = pc.list_value_length(self.given).to_numpy(zero_copy_only=False)[group]
-            start = np.full(len(units), -1, np.int64)
-            end = start
-            full = lengths
-        elif kind == "click":  # the queries are the clicks themselves
-            end = self.click_run_start[units]
-            first = self.user_first[users]
-            start = np.maximum(first, end - options.history_length)
-            full = end - first
-        else:
-            start, end = history_bounds(
-                self.click_user, self.click_time, users, times, options.history_length
-            )
-            full = end - np.searchsorted(self.click_user, users, side="left")
-        if key_hash is None:
-            key_hash = hash_strings(keys)
-        keep = full >= options.min_history
-        dropped = int((~keep).sum())
-        if dropped:
-            selected = np.flatnonzero(keep)
-            order = selected[_sorted_by_time_key(times[selected], keys.take(pa.array(selected)))]
-        else:
-            order = _sorted_by_time_key(times, keys)
-        pick = order
+            kind, rows = "impression_eval", units
+        dropped = 0
+        if options.min_history:
+            keep = self._full_history_length(kind, rows) >= options.min_history
+            dropped = int((~keep).sum())
+            rows = rows[keep]
+        arrays = self.units(kind, rows, with_hash=False)
+        order = _sorted_by_time_key(
+            arrays.time, lambda sub: self.keys(kind, arrays.head[sub], arrays.tail[sub])
+        )
         return _Plan(
             kind=kind,
-            keys=keys.take(pa.array(pick)),
-            key_hash=key_hash[pick],
-            time=times[pick],
-            user=users[pick],
-            session=session[pick],
-            impression=impression[pick],
-            history_start=start[pick],
-            history_end=end[pick],
-            group=group[pick],
-            positive=positive[pick],
+            rows=rows[order],
             dropped=dropped,
             without_click=without_click,
-            users=int(np.count_nonzero(np.bincount(users[pick], minlength=1))),
+            users=int(np.count_nonzero(np.bincount(arrays.user, minlength=1))),
         )
+
+    def units(self, kind: str, rows: np.ndarray, *, with_hash: bool = True) -> _Units:
+        """The per-example arrays of ``rows`` of a plan of ``kind``."""
+        if kind == "click":
+            user = self.click_user[rows]
+            tail = rows - self.user_first[user]  # the user's n-th click
+            hashes = self.user_hashes[user] if with_hash else None
+            time_, session, group = self.click_time[rows], self.click_position[rows], None
+            head = user
+        else:
+            group = self.imp_group[rows] if kind == "impression_train" else rows
+            user, time_ = self.unit_user[group], self.unit_time[group]
+            session, head = self.unit_position[group], group
+            hashes = self.impression_hashes[group] if with_hash else None
+            tail = rows - self.imp_offsets[group] if kind == "impression_train" else None
+        if group is None:
+            group = np.full(len(rows), -1, np.int64)
+        if tail is None:
+            tail = np.full(len(rows), -1, np.int64)
+            key_hash = hashes
+        else:
+            key_hash = hash_append_int(hashes, tail) if with_hash else None
+        return _Units(time_, user, head, tail, key_hash, session, group)
+
+    def _full_history_length(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        """Each example's history length before truncation."""
+        if kind == "click":
+            return self.click_run_start[rows] - self.user_first[self.click_user[rows]]
+        group = self.imp_group[rows] if kind == "impression_train" else rows
+        if self.given is not None:
+            return pc.list_value_length(self.given).to_numpy(zero_copy_only=False)[group]
+        users = self.unit_user[group]
+        _, end = history_bounds(self.click_user, self.click_time, users, self.unit_time[group], 0)
+        return end - self.user_first[users]
+
+    def keys(self, kind: str, head: np.ndarray, tail: np.ndarray) -> pa.Array:
+        """Example keys: ``{user}/{n}``, ``{impression}/{position}`` or ``{impression}``."""
+        names = self.user_ids if kind == "click" else self.impression_ids
+        heads = names.take(pa.array(head))
+        if kind == "impression_eval":
+            return heads
+        return pc.binary_join_element_wise(heads, pa.array(tail).cast(pa.string()), "/")
 
     def build(self, plan: _Plan) -> tuple[pa.Table, tuple[int, int]]:
         """The examples of one chunk of a plan, and their (history, candidates) OOV counts."""
         ctx, options = self.ctx, self.ctx.options
         index = ctx.code_to_index
+        kind, rows = plan.kind, plan.rows
+        units = self.units(kind, rows)
+        length = options.history_length
         if self.given is not None:
-            lists = last_n(self.given.take(pa.array(plan.group)), options.history_length)
+            lists = last_n(self.given.take(pa.array(units.group)), length)
             codes = _codes(pc.index_in(lists.values, ctx.items))
             values = np.where(codes >= 0, index[np.maximum(codes, 0)], OOV_INDEX).astype(np.int32)
             history = pa.ListArray.from_arrays(lists.offsets, pa.array(values, pa.int32()))
-            history_values = values
         else:
-            history = gather_lists(
-                plan.history_start, plan.history_end, self.click_index, pa.int32()
-            )
-            history_values = history.values.to_numpy(zero_copy_only=False)
-        if plan.kind == "click":
+            if kind == "click":  # the queries are the clicks themselves
+                end = self.click_run_start[rows]
+                start = np.maximum(self.user_first[units.user], end - length)
+            else:
+                start, end = history_bounds(
+                    self.click_user, self.click_time, units.user, units.time, length
+                )
+            history = gather_lists(start, end, self.click_index, pa.int32())
+            values = history.values.to_numpy(zero_copy_only=False)
+        if kind == "click":
+            positive = self.click_item[rows]
             negatives = ctx.sampler.sample(
-                plan.key_hash, plan.time, plan.positive, options.negatives, options.seed
+                units.key_hash, units.time, positive, options.negatives, options.seed
             )
-            matrix = np.concatenate([plan.positive[:, None], negatives], axis=1)
+            matrix = np.concatenate([positive[:, None], negatives], axis=1)
             matrix = np.where(matrix >= 0, index[np.maximum(matrix, 0)], -1)
             candidates = matrix_to_lists(matrix)
             labels = _first_is_positive(candidates)
-        elif plan.kind == "impression_train":
-            streams = stream_keys(options.seed, plan.key_hash)
-            pool_items = self.pool_items
+        elif kind == "impression_train":
             offsets, chosen = choose_from_pools(
-                streams,
-                self.pool_offsets[plan.group],
-                self.pool_offsets[plan.group + 1],
-                ctx.item_hashes[pool_items],
+                stream_keys(options.seed, units.key_hash),
+                self.pool_offsets[units.group],
+                self.pool_offsets[units.group + 1],
+                ctx.item_hashes[self.pool_items],
                 options.negatives,
             )
-            positives = index[self.item[self.imp_rows[plan.positive]]]
-            candidates = _prepend(positives, offsets, index[pool_items[chosen]])
+            positives = self.row_index[rows]
+            candidates = _prepend(positives, offsets, index[self.pool_items[chosen]])
             labels = _first_is_positive(candidates)
         else:
-            start, end = self.imp_offsets[plan.group], self.imp_offsets[plan.group + 1]
+            start, end = self.imp_offsets[units.group], self.imp_offsets[units.group + 1]
             candidates = gather_lists(start, end, self.row_index, pa.int32())
             labels = gather_lists(start, end, self.label[self.imp_rows], pa.int8())
         candidates = candidates.cast(pa.list_(pa.int32()))
         table = pa.table(
             {
-                "example_key": plan.keys,
-                "user_id": self.user_ids.take(pa.array(plan.user)),
-                "time": pa.array(plan.time, pa.int64()),
-                "impression_id": self.impression_ids.take(_nullable(plan.impression)),
-                "session_id": self.sessions.take(pa.array(plan.session)),
+                "example_key": self.keys(kind, units.head, units.tail),
+                "user_id": self.user_ids.take(pa.array(units.user)),
+                "time": pa.array(units.time, pa.int64()),
+                "impression_id": self.impression_ids.take(_nullable(units.group)),
+                "session_id": self.sessions.take(pa.array(self.order[units.session])),
                 "history": history.cast(pa.list_(pa.int32())),
                 "history_length": pa.array(np.diff(history.offsets.to_numpy()).astype(np.int32)),
                 "candidates": candidates,
@@ -1139,7 +1170,7 @@ class _Partition:
             schema=EXAMPLES,
         )
         candidate_values = candidates.values.to_numpy(zero_copy_only=False)
-        oov = (int((history_values == OOV_INDEX).sum()), int((candidate_values == OOV_INDEX).sum()))
+        oov = (int((values == OOV_INDEX).sum()), int((candidate_values == OOV_INDEX).sum()))
         return table, oov
 
 
@@ -1161,9 +1192,9 @@ def _nullable(codes: np.ndarray) -> pa.Array:
     return pa.array(np.maximum(codes, 0), mask=codes < 0)
 
 
-def _sorted_by_time_key(times: np.ndarray, keys: pa.Array) -> np.ndarray:
-    """Order by (time, key); keys are only compared among equal times."""
-    order = np.argsort(times, kind="stable")
+def _sorted_by_time_key(times: np.ndarray, keys_of: Callable[[np.ndarray], pa.Array]) -> np.ndarray:
+    """Order by (time, key); keys (``keys_of(rows)``) are only built for equal times."""
+    order = np.argsort(times)  # ties are re-sorted by key below, stability is not needed
     sorted_times = times[order]
     tied = np.zeros(len(times), bool)
     if len(times) > 1:
@@ -1173,7 +1204,7 @@ def _sorted_by_time_key(times: np.ndarray, keys: pa.Array) -> np.ndarray:
     where = np.flatnonzero(tied)
     if len(where):
         subset = order[where]
-        sub = pa.table({"time": pa.array(sorted_times[where]), "key": keys.take(pa.array(subset))})
+        sub = pa.table({"time": pa.array(sorted_times[where]), "key": keys_of(subset)})
         sub_order = pc.sort_indices(sub, sort_keys=[("time", "ascending"), ("key", "ascending")])
         order[where] = subset[sub_order.to_numpy()]
     return order

@@ -1,0 +1,200 @@
+"""Benchmark ``feedrec prepare``: throughput on Globo, and memory as the log grows.
+
+Each measurement runs ``prepare`` (through ``pipelines.cli``) in a fresh
+Python process and times it from the process start to its exit (the manifest
+is the last thing written); peak RSS is that process's ``ru_maxrss``. One
+JSON line per figure goes to stdout.
+
+Modes:
+
+* ``globo``: the Globo clicks zip (``../shared/data/globo-news-clicks/``)
+  -> examples. Prints ``{"benchmark": "pipeline", "dataset": "globo",
+  "clicks", "wall_s", "clicks_per_s", "peak_rss_mb", ...}``. Skips, with a
+  message, when the data is absent.
+* ``memory``: a synthetic ``events`` log (Parquet files of
+  ``--base-clicks`` clicks each) at 1x, 2x, 4x, prepared with partitioning
+  (``--max-rows-in-memory``); peak RSS should stay roughly flat.
+
+Usage::
+
+    python benchmarks/pipeline.py                      # both modes
+    python benchmarks/pipeline.py --mode globo --cpus 0,1
+    python benchmarks/pipeline.py --mode memory --scales 1 2 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GLOBO = REPO / ".." / "shared" / "data" / "globo-news-clicks" / "clicks_hour_000-309.zip"
+
+CHILD = """
+import argparse, sys
+from pipelines.cli import add_arguments, run
+parser = argparse.ArgumentParser()
+add_arguments(parser)
+sys.exit(run(parser.parse_args(sys.argv[1:])))
+"""
+
+
+def run_prepare(argv: list[str], cpus: str | None = None) -> dict:
+    """Run prepare in a fresh process; wall time, peak RSS and the manifest."""
+    command = [sys.executable, "-c", CHILD, *argv, "--no-progress"]
+    if cpus:
+        command = ["taskset", "-c", cpus, *command]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    if process.returncode:
+        raise RuntimeError(f"prepare failed ({process.returncode}): {stderr.strip() or stdout}")
+    out = Path(argv[argv.index("--out") + 1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "manifest": manifest}
+
+
+def figure(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def bench_globo(workdir: Path, cpus: str | None, repeats: int) -> None:
+    if not GLOBO.exists():
+        print(f"skipped globo: {GLOBO.resolve()} is absent (../shared/data)", file=sys.stderr)
+        return
+    for repeat in range(repeats):
+        out = workdir / f"globo-{repeat}"
+        result = run_prepare(["--format", "globo", str(GLOBO), "--out", str(out)], cpus)
+        manifest = result["manifest"]
+        clicks = manifest["rows_read"]
+        figure(
+            benchmark="pipeline",
+            dataset="globo",
+            clicks=clicks,
+            examples=sum(s["examples"] for s in manifest["splits"].values()),
+            wall_s=round(result["wall_s"], 3),
+            clicks_per_s=round(clicks / result["wall_s"]),
+            peak_rss_mb=round(result["peak_rss_mb"], 1),
+            prepare_s=manifest["elapsed_s"],
+            timings_s=manifest.get("timings_s"),
+            cpus=cpus or len(os.sched_getaffinity(0)),
+            history_length=manifest["history_length"],
+            negatives=manifest["num_negatives"],
+        )
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def synthetic_log(folder: Path, files: int, clicks_per_file: int, seed: int = 0) -> int:
+    """Parquet files of a click log: Zipf-ish users and items, items live a few days."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    day = 86_400_000
+    for index in range(files):
+        start = 1_500_000_000_000 + index * day
+        times = np.sort(rng.integers(start, start + day, clicks_per_file))
+        users = (rng.pareto(1.2, clicks_per_file) * 1000).astype(np.int64) % 200_000
+        # Items published over time: mostly recent ones are clicked.
+        ages = (rng.exponential(2_000, clicks_per_file)).astype(np.int64)
+        items = np.maximum(index * 5_000 + rng.integers(0, 5_000, clicks_per_file) - ages, 0)
+        table = pa.table(
+            {
+                "user_id": pa.array(users.astype(str)),
+                "item_id": pa.array(items.astype(str)),
+                "timestamp": pa.array(times),
+            }
+        )
+        pq.write_table(table, folder / f"clicks-{index:04d}.parquet")
+    return files * clicks_per_file
+
+
+def bench_memory(
+    workdir: Path,
+    scales: list[int],
+    base_clicks: int,
+    files_per_scale: int,
+    max_rows: int,
+    cpus: str | None,
+) -> None:
+    for scale in scales:
+        folder = workdir / f"synthetic-{scale}x"
+        files = files_per_scale * scale
+        clicks = synthetic_log(folder, files, base_clicks // files_per_scale)
+        out = workdir / f"synthetic-{scale}x-data"
+        argv = [
+            "--format",
+            "events",
+            *sorted(str(p) for p in folder.iterdir()),
+            "--out",
+            str(out),
+            "--time-unit",
+            "ms",
+            "--max-rows-in-memory",
+            str(max_rows),
+        ]
+        result = run_prepare(argv, cpus)
+        manifest = result["manifest"]
+        figure(
+            benchmark="pipeline-memory",
+            dataset="synthetic-events",
+            scale=scale,
+            clicks=clicks,
+            partitions=manifest["partitions"],
+            max_rows_in_memory=max_rows,
+            wall_s=round(result["wall_s"], 3),
+            clicks_per_s=round(clicks / result["wall_s"]),
+            peak_rss_mb=round(result["peak_rss_mb"], 1),
+            cpus=cpus or len(os.sched_getaffinity(0)),
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("globo", "memory", "all"), default="all")
+    parser.add_argument("--cpus", help="pin the prepare process to these CPUs (taskset), e.g. 0,1")
+    parser.add_argument("--repeats", type=int, default=1, help="Globo runs (default: 1)")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--base-clicks", type=int, default=1_000_000, help="clicks at 1x")
+    parser.add_argument("--files-per-scale", type=int, default=4, help="input files at 1x")
+    parser.add_argument("--max-rows-in-memory", type=int, default=500_000)
+    parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
+    args = parser.parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="feedrec-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if args.mode in ("globo", "all"):
+            bench_globo(workdir, args.cpus, args.repeats)
+        if args.mode in ("memory", "all"):
+            bench_memory(
+                workdir,
+                args.scales,
+                args.base_clicks,
+                args.files_per_scale,
+                args.max_rows_in_memory,
+                args.cpus,
+            )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
