@@ -206,3 +206,23 @@ def test_constructor_checks():
         FeedRecModel(ItemEncoder(NUM_ITEMS, 8), "not an encoder")
     with pytest.raises(ValueError, match="item_encoder"):
         FeedRecModel(None, UserEncoder(LENGTH))
+
+
+@pytest.fixture
+def mixed_precision():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    yield
+    keras.config.set_dtype_policy(previous)
+
+
+def test_mixed_precision_model_is_finite_masked_and_returns_float32(mixed_precision):
+    model = build_model(dataclasses.replace(CONFIG, num_layers=2), NUM_ITEMS, TABLES)
+    assert model.user_encoder.blocks[0].compute_dtype == "float16"
+    inputs = _inputs()
+    logits = model(inputs)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    assert np.all(np.isfinite(logits.numpy()))
+    np.testing.assert_array_equal(model(_with_garbage(inputs)).numpy(), logits.numpy())
+    value = build_loss("softmax")(LABELS, logits)
+    assert np.isfinite(float(value))
