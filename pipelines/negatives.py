@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.sequences import gather_lists
+from pipelines.sequences import gather_lists, sorted_unique
 
 SAMPLING_MODES = ("uniform", "popularity")
 MAX_ATTEMPTS = 32
@@ -279,12 +279,13 @@ class NegativeSampler:
         self._interval_items = np.asarray(items, np.int64)[order]
         self._interval_starts = np.asarray(starts, np.int64)[order]
         self._interval_ends = np.asarray(ends, np.int64)[order]
-        self._start_ranks = np.unique(self._interval_starts)
+        self._start_ranks = sorted_unique(self._interval_starts)
         self._interval_keys = self._interval_items * (len(self._start_ranks) + 1) + (
             np.searchsorted(self._start_ranks, self._interval_starts) + 1
         )
-        # Buckets of width window/2: the items live at some time in each bucket.
-        self._bucket_width = max(1, self.window // 2)
+        # Buckets of width window/4: the items live at some time in each bucket
+        # (a superset of those live at any one time in it: about 80% are).
+        self._bucket_width = max(1, self.window // 4)
         self._origin = int(self._interval_starts.min()) if len(starts) else 0
         first = (self._interval_starts - self._origin) // self._bucket_width
         last = (self._interval_ends - self._origin) // self._bucket_width
@@ -295,7 +296,7 @@ class NegativeSampler:
         buckets = np.arange(int(pair_offsets[-1]), dtype=np.int64) + np.repeat(
             first - pair_offsets[:-1], counts
         )
-        pairs = np.unique(buckets * self.num_items + np.repeat(self._interval_items, counts))
+        pairs = sorted_unique(buckets * self.num_items + np.repeat(self._interval_items, counts))
         self._bucket_items = pairs % max(self.num_items, 1)
         self._bucket_offsets = np.searchsorted(
             pairs // max(self.num_items, 1), np.arange(num_buckets + 1)
@@ -453,7 +454,7 @@ def merge_intervals(
     order = np.lexsort((starts, items))
     items, starts, ends = items[order], starts[order], ends[order]
     # Running maximum of `end` within each item: offset items far apart.
-    ranks = np.unique(np.concatenate([starts, ends]))
+    ranks = sorted_unique(np.concatenate([starts, ends]))
     span = len(ranks) + 1
     start_keys = items * span + np.searchsorted(ranks, starts)
     end_keys = np.maximum.accumulate(items * span + np.searchsorted(ranks, ends))

@@ -50,6 +50,7 @@ import logging
 import math
 import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,7 +75,13 @@ from pipelines.negatives import (
     stream_keys,
 )
 from pipelines.schema import EVENTS, EXAMPLES, OOV_INDEX, SPLITS, validate
-from pipelines.sequences import gather_lists, history_bounds, last_n, pack_user_time
+from pipelines.sequences import (
+    gather_lists,
+    history_bounds,
+    last_n,
+    pack_user_time,
+    sorted_unique,
+)
 from pipelines.splits import (
     SPLIT_MODES,
     TRAIN,
@@ -326,7 +333,9 @@ def _registered_reader(format: str) -> ReadFunction:
 
 
 class _Progress:
-    """A tqdm bar over the stages (on stderr), or nothing."""
+    """Stage timings (and peak RSS in debug logs), plus a tqdm bar on stderr when enabled."""
+
+    STAGES = ("read", "count", "vocabulary", "examples", "merge", "manifest", "finish")
 
     def __init__(self, enabled: bool):
         self._bar = None
@@ -335,16 +344,16 @@ class _Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=8, desc="prepare", unit="stage", leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=len(self.STAGES), desc="prepare", unit="stage", leave=False, file=sys.stderr
+            )
 
-    def stage(self, name: str, advance: bool = True) -> None:
+    def stage(self, name: str) -> None:
+        """Start stage ``name`` (ending the previous one)."""
         self._lap()
         self._name = name
-        logger.debug("prepare: %s", name)
         if self._bar is not None:
             self._bar.set_description(f"prepare: {name}")
-            if advance:
-                self._bar.update(1)
 
     def _lap(self) -> None:
         now = time.perf_counter()
@@ -356,6 +365,8 @@ class _Progress:
                 now - self._started,
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             )
+            if self._bar is not None:
+                self._bar.update(1)
         self._started = now
 
     def close(self) -> None:
@@ -840,7 +851,7 @@ def merge_sorted_runs(
             samples.append(batch.column(0).to_numpy()[::sample_every])
     sample = np.sort(np.concatenate(samples)) if samples else np.zeros(0, np.int64)
     per_slab = max(1, slab_rows // sample_every)
-    bounds = np.unique(sample[per_slab::per_slab]) if len(sample) else np.zeros(0, np.int64)
+    bounds = sorted_unique(sample[per_slab::per_slab])
     edges = [None, *bounds.tolist(), None]
     pool = pa.default_memory_pool()
     with pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS) as writer:
@@ -1046,7 +1057,7 @@ class _Partition:
             kind = "impression_train"
             in_split = self.unit_split[self.imp_group] == split
             rows = np.flatnonzero(in_split & (self.label[self.imp_rows] == 1))
-            without_click = int(len(units) - len(np.unique(self.imp_group[rows])))
+            without_click = int(len(units) - len(sorted_unique(self.imp_group[rows])))
         else:
             kind, rows = "impression_eval", units
         dropped = 0

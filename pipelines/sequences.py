@@ -29,6 +29,18 @@ import pyarrow.compute as pc
 _INT64_MAX = np.iinfo(np.int64).max
 
 
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` by sorting (NumPy 2's hash-based ``np.unique`` is far slower
+    on large integer arrays)."""
+    ordered = np.sort(np.asarray(values), kind="stable")
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 def sort_by_user_time(
     users: np.ndarray, times: np.ndarray, tiebreak: np.ndarray | None = None
 ) -> np.ndarray:
@@ -58,7 +70,7 @@ def pack_user_time(
     span = high - low + 1
     if (max_user + 1) * span < _INT64_MAX:
         return tuple(u * span + (t - low) for u, t in pairs)
-    ranks = np.unique(np.concatenate(all_times))
+    ranks = sorted_unique(np.concatenate(all_times))
     span = len(ranks)
     return tuple(u * span + np.searchsorted(ranks, t) for u, t in pairs)
 

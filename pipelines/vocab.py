@@ -186,7 +186,8 @@ def _first_per_item(metadata: pa.Table) -> pa.Table:
     ids = metadata.column("item_id").combine_chunks().cast(pa.string())
     encoded = ids.dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)
-    _, first = np.unique(codes, return_index=True)
+    first = np.full(len(encoded.dictionary), len(codes), np.int64)
+    np.minimum.at(first, codes, np.arange(len(codes)))
     return metadata.take(pa.array(np.sort(first)))
 
 

@@ -11,6 +11,7 @@ from pipelines.sequences import (
     last_n,
     pack_user_time,
     sort_by_user_time,
+    sorted_unique,
 )
 
 
@@ -175,3 +176,9 @@ def test_last_n_on_a_sliced_array_with_nulls():
     lists = pa.array([["a", "b", "c"], ["d", "e"], None, [], ["f"]]).slice(1)
     assert last_n(lists, 1).to_pylist() == [["e"], [], [], ["f"]]
     assert last_n(lists, 5).to_pylist() == [["d", "e"], [], [], ["f"]]
+
+
+@pytest.mark.parametrize("size", [0, 1, 500])
+def test_sorted_unique_equals_numpy_unique(size):
+    values = np.random.default_rng(size).integers(-50, 50, size)
+    np.testing.assert_array_equal(sorted_unique(values), np.unique(values))
