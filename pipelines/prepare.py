@@ -588,6 +588,9 @@ class _Job:
                 activity.add(part.item, part.time, part.label)
             if not store.spilled:
                 cached = part
+        del events, given, part
+        if cached is not None:
+            store.tables, store.given = [], []  # the cached partition holds what is needed
         if not self.rejected[MIN_ITEM_INTERACTIONS_REASON]:
             del self.rejected[MIN_ITEM_INTERACTIONS_REASON]
 

@@ -607,3 +607,16 @@ def test_globo_slice(tmp_path):
         len(c) for c in load_split(data, "train").column("candidates").to_pylist()
     )
     assert max(counts) == 4 and counts[4] > 0.9 * sum(counts.values())
+
+
+def test_dataset_loaders_check_their_input(tmp_path, log_file):
+    with pytest.raises(FileNotFoundError, match="feedrec prepare"):
+        load_split(tmp_path, "train")
+    _, data = run(tmp_path, log_file, result_of(CLICK_LOG), valid_start=30, test_start=40)
+    with pytest.raises(ValueError, match="split='dev'"):
+        load_split(data, "dev")
+    keys = load_split(data, "train", columns=["example_key", "time"])
+    assert keys.column_names == ["example_key", "time"] and keys.num_rows == 4
+    tables, sizes = feature_tables(data)
+    assert sizes == {"category": 1, "subcategory": 1}  # no metadata: only "missing"
+    assert all((table == 0).all() and len(table) == 5 for table in tables.values())
