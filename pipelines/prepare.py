@@ -344,8 +344,13 @@ class _Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(
-                total=len(self.STAGES), desc="prepare", unit="stage", leave=False, file=sys.stderr
+            self._bar = tqdm(  # disable=None: no bar when stderr is not a terminal
+                total=len(self.STAGES),
+                desc="prepare",
+                unit="stage",
+                leave=False,
+                file=sys.stderr,
+                disable=None,
             )
 
     def stage(self, name: str) -> None:
