@@ -302,6 +302,22 @@ def test_item_clicks_are_heavy_tailed(small_files):
     assert top > 0.4, f"top 10% of items get {top:.2f} of the clicks"
 
 
+def test_users_click_a_few_topics(small_frames):
+    news, behaviors = small_frames
+    category = dict(zip(news["news_id"], news["category"], strict=True))
+    final = behaviors.groupby("user_id")["history"].last()
+    everyone = collections.Counter(category[item] for history in final for item in history)
+    top3_everyone = sum(n for _, n in everyone.most_common(3)) / sum(everyone.values())
+    top3_user = [
+        sum(n for _, n in collections.Counter(category[i] for i in history[-20:]).most_common(3))
+        / 20
+        for history in final
+        if len(history) >= 20
+    ]
+    assert len(top3_user) >= 30
+    assert np.mean(top3_user) >= top3_everyone + 0.08, (np.mean(top3_user), top3_everyone)
+
+
 def test_follow_ups_of_recent_threads_are_clicked_more(small_frames):
     news, behaviors = small_frames
     thread = dict(zip(news["news_id"], news["thread"], strict=True))
