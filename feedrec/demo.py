@@ -20,6 +20,10 @@ from feedrec.config import Config, ModelConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
+
+def say(*args) -> None:
+    print(*args, flush=True)
+
 #: The demo's model and training settings (small enough for 2 CPU cores).
 DEMO_CONFIG = Config(
     model=ModelConfig(
@@ -53,7 +57,7 @@ def run_demo(
     from feedrec.export import export_run, load_export, score_request
     from feedrec.runs import write_json
     from feedrec.training import train
-    from pipelines.synthetic import SyntheticConfig, generate_mind_log
+    from pipelines.synthetic import generate_mind_log
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +68,13 @@ def run_demo(
     timings = {}
 
     def step(name):
-        print(f"[demo] {name} ...", flush=True)
+        say(f"[demo] {name} ...")
         return time.perf_counter()
 
     started = step("1/6 generating a synthetic MIND-format news log")
-    summary = generate_mind_log(workdir / "log", config=SyntheticConfig.for_scale(scale, seed=seed))
+    summary = generate_mind_log(workdir / "log", seed=seed, scale=scale)
     timings["generate"] = time.perf_counter() - started
-    print(
+    say(
         f"       {summary['impressions']:,} impressions, {summary['clicks']:,} clicks, "
         f"{summary['users']:,} users, {summary['items']:,} items -> {workdir / 'log'}"
     )
@@ -87,7 +91,7 @@ def run_demo(
     )
     timings["prepare"] = time.perf_counter() - started
     splits = manifest["splits"]
-    print("       examples: " + ", ".join(f"{k} {v['examples']:,}" for k, v in splits.items()))
+    say("       examples: " + ", ".join(f"{k} {v['examples']:,}" for k, v in splits.items()))
 
     started = step("3/6 training the masked self-attention model")
     train(workdir / "data", workdir / "run", config, overwrite=True)
@@ -96,19 +100,19 @@ def run_demo(
     started = step("4/6 evaluating on the test split (impression protocol)")
     results = evaluate_run(workdir / "run", workdir / "data", "test", seed=seed)
     timings["evaluate"] = time.perf_counter() - started
-    print(format_table(results))
+    say(format_table(results))
 
     started = step("5/6 exporting a SavedModel")
     export_dir = export_run(workdir / "run", workdir / "export")
     timings["export"] = time.perf_counter() - started
-    print(f"       {export_dir}")
+    say(f"       {export_dir}")
 
     step("6/6 reloading the export and scoring one request")
     serving = load_export(export_dir)
     history, candidates = _one_request(workdir / "data")
     scores = score_request(serving, history, candidates)
     for item, score in sorted(zip(candidates, scores, strict=True), key=lambda p: -p[1])[:5]:
-        print(f"       {item:>10}  {score:+.3f}")
+        say(f"       {item:>10}  {score:+.3f}")
 
     metrics = {
         name: {k: results[name][k] for k in METRIC_KEYS}
@@ -116,7 +120,7 @@ def run_demo(
     }
     write_json(workdir / "metrics.json", metrics)
     write_json(workdir / "timings.json", timings)
-    print(f"[demo] done in {sum(timings.values()):.0f}s; metrics in {workdir / 'metrics.json'}")
+    say(f"[demo] done in {sum(timings.values()):.0f}s; metrics in {workdir / 'metrics.json'}")
     return metrics
 
 

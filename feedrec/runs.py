@@ -78,11 +78,13 @@ def load_run(run_dir: str | Path):
     """Load ``(model, config, data_info)`` from a run directory."""
     import keras
 
+    import feedrec.models  # noqa: F401  registers the serializable classes
+    import feedrec.tasks  # noqa: F401
     from feedrec.config import Config
 
     run_dir = check_run_dir(run_dir)
     config = Config.from_dict(
         read_json(run_dir / "config.json"), source=str(run_dir / "config.json")
     )
-    model = keras.models.load_model(run_dir / "model.keras")
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
     return model, config, read_json(run_dir / "data.json")

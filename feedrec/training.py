@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def train(
     config: Config | None = None,
     *,
     overwrite: bool = False,
-    verbose: int | str = "auto",
+    verbose: int | None = None,
 ) -> dict:
     """Train a recommender on ``DATA_DIR/train.parquet`` and write ``RUN_DIR``.
 
@@ -98,8 +99,12 @@ def train(
     callbacks = []
     if valid_batch is not None:
         callbacks.append(ValidationCallback(valid_batch))
+    if verbose is None:  # a live progress bar on a terminal, one line per epoch otherwise
+        verbose = 1 if sys.stdout.isatty() else 2
     started = time.perf_counter()
-    fit = model.fit(dataset, epochs=train_config.epochs, callbacks=callbacks, verbose=verbose)
+    fit = model.fit(
+        dataset, epochs=train_config.epochs, callbacks=callbacks, verbose=verbose, shuffle=False
+    )
     history = {k: [float(v) for v in values] for k, values in fit.history.items()}
     history["train_seconds"] = time.perf_counter() - started
     if callbacks:
