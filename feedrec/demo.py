@@ -51,12 +51,11 @@ def run_demo(
     """Run the demo in ``workdir`` and return the metrics written to ``metrics.json``."""
     import dataclasses
 
-    from pipelines.prepare import PrepareOptions, prepare
-
     from feedrec.evaluation import evaluate_run, format_table
     from feedrec.export import export_run, load_export, score_request
     from feedrec.runs import write_json
     from feedrec.training import train
+    from pipelines.prepare import PrepareOptions, prepare
     from pipelines.synthetic import generate_mind_log
 
     workdir = Path(workdir)
