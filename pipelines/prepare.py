@@ -805,85 +805,115 @@ class _SplitStats:
 
 
 class _SplitWriters:
-    """Parquet writers: straight to ``{split}.parquet``, or per-partition runs merged at the end."""
+    """Writers: straight to ``{split}.parquet``, or per-partition runs merged at the end.
+
+    Runs are temporary Arrow IPC files (no encoding cost) of record batches of
+    ``_RUN_ROW_GROUP`` rows; the time range of every batch is remembered so
+    that the merge reads only the batches overlapping each time slab.
+    """
 
     def __init__(self, out: Path, work: Path, *, spilled: bool):
         self.out, self.work, self.spilled = out, work, spilled
-        self._writers: dict[tuple[str, int], pq.ParquetWriter] = {}
-        self.runs: dict[str, list[Path]] = collections.defaultdict(list)
+        self._writers: dict[tuple[str, int], Any] = {}
+        self.batches: dict[str, list[_RunBatch]] = collections.defaultdict(list)
+        self._counts: dict[tuple[str, int], int] = collections.Counter()
 
-    def open(self, split: str, partition: int) -> pq.ParquetWriter:
+    def open(self, split: str, partition: int) -> None:
         if self.spilled:
-            path = self.work / "runs" / split / f"run-{partition:05d}.parquet"
+            path = self._run_path(split, partition)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.runs[split].append(path)
+            writer = pa.ipc.new_file(path, EXAMPLES)
         else:
-            path = self.out / f"{split}.parquet"
-        # Runs are temporary: no compression, and small row groups whose time
-        # statistics let the merge read only the rows of each slab.
-        options = {"compression": "none"} if self.spilled else _PARQUET_OPTIONS
-        writer = pq.ParquetWriter(path, EXAMPLES, **options)
+            writer = pq.ParquetWriter(self.out / f"{split}.parquet", EXAMPLES, **_PARQUET_OPTIONS)
         self._writers[split, partition] = writer
-        return writer
+
+    def _run_path(self, split: str, partition: int) -> Path:
+        return self.work / "runs" / split / f"run-{partition:05d}.arrow"
 
     def write(self, split: str, partition: int, table: pa.Table) -> None:
-        size = _RUN_ROW_GROUP if self.spilled else None
-        self._writers[split, partition].write_table(table, row_group_size=size)
+        writer = self._writers[split, partition]
+        if not self.spilled:
+            writer.write_table(table)
+            return
+        times = table.column("time").to_numpy()  # sorted: a batch spans first..last
+        position = 0
+        for batch in table.to_batches(max_chunksize=_RUN_ROW_GROUP):
+            if not batch.num_rows:
+                continue
+            writer.write_batch(batch)
+            self.batches[split].append(
+                _RunBatch(
+                    self._run_path(split, partition),
+                    self._counts[split, partition],
+                    int(times[position]),
+                    int(times[position + batch.num_rows - 1]),
+                )
+            )
+            self._counts[split, partition] += 1
+            position += batch.num_rows
 
     def close(self, split: str, partition: int) -> None:
         self._writers.pop((split, partition)).close()
 
     def finish(self, slab_rows: int) -> None:
         """Merge each split's runs in (time, example_key) order, one time slab at a time."""
-        for split, runs in self.runs.items():
-            merge_sorted_runs(runs, self.out / f"{split}.parquet", slab_rows)
+        if self.spilled:
+            for split in SPLITS:
+                merge_sorted_runs(self.batches[split], self.out / f"{split}.parquet", slab_rows)
 
 
-def merge_sorted_runs(
-    runs: list[Path], path: Path, slab_rows: int, sample_every: int = 1024
-) -> None:
-    """Merge Parquet files of examples, each sorted by (time, example_key), into one sorted file.
+@dataclasses.dataclass(frozen=True)
+class _RunBatch:
+    """One record batch of a run file and the time range of its rows."""
 
-    Memory is bounded by about ``slab_rows`` examples: slab boundaries are
-    time quantiles from a sample of every ``sample_every``-th time, and each
-    slab reads only the row groups whose time statistics overlap it.
+    path: Path
+    index: int
+    first: int
+    last: int
+
+
+def merge_sorted_runs(batches: list[_RunBatch], path: Path, slab_rows: int) -> None:
+    """Merge runs of examples, each sorted by (time, example_key), into one sorted Parquet file.
+
+    Memory is bounded by about ``slab_rows`` examples: slabs are cut at batch
+    boundary times so that each holds about ``slab_rows`` rows, and a slab
+    reads only the batches whose time range overlaps it.
     """
-    files = [pq.ParquetFile(run) for run in runs]
-    samples, groups = [], []  # groups: (file, row group, min time, max time)
-    for number, handle in enumerate(files):
-        time_column = handle.schema_arrow.get_field_index("time")
-        for group in range(handle.metadata.num_row_groups):
-            stats = handle.metadata.row_group(group).column(time_column).statistics
-            groups.append((number, group, stats.min, stats.max))
-        for batch in handle.iter_batches(columns=["time"], batch_size=sample_every * 64):
-            samples.append(batch.column(0).to_numpy()[::sample_every])
-    sample = np.sort(np.concatenate(samples)) if samples else np.zeros(0, np.int64)
-    per_slab = max(1, slab_rows // sample_every)
-    bounds = sorted_unique(sample[per_slab::per_slab])
-    edges = [None, *bounds.tolist(), None]
+    readers: dict[Path, pa.ipc.RecordBatchFileReader] = {}
+
+    def batch_of(entry: _RunBatch) -> pa.RecordBatch:
+        if entry.path not in readers:
+            readers[entry.path] = pa.ipc.open_file(pa.OSFile(str(entry.path)))
+        return readers[entry.path].get_batch(entry.index)
+
+    # Slab edges: the first times of batches, every `per_slab` batches (sorted).
+    starts = np.sort(np.array([b.first for b in batches], np.int64))
+    per_slab = max(1, slab_rows // _RUN_ROW_GROUP)
+    edges = [None, *sorted_unique(starts[per_slab::per_slab]).tolist(), None]
     pool = pa.default_memory_pool()
     with pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS) as writer:
         for low, high in zip(edges[:-1], edges[1:], strict=True):
             pieces = []
-            for number, group, first, last in groups:
-                if (low is not None and last < low) or (high is not None and first >= high):
+            for entry in batches:
+                if (low is not None and entry.last < low) or (
+                    high is not None and entry.first >= high
+                ):
                     continue
-                piece = files[number].read_row_group(group)
+                piece = batch_of(entry)
                 times = piece.column("time")
                 mask = None
-                if low is not None:
+                if low is not None and entry.first < low:
                     mask = pc.greater_equal(times, low)
-                if high is not None:
+                if high is not None and entry.last >= high:
                     upper = pc.less(times, high)
                     mask = upper if mask is None else pc.and_(mask, upper)
                 pieces.append(piece if mask is None else piece.filter(mask))
             if pieces:
-                slab = pa.concat_tables(pieces)
+                slab = pa.Table.from_batches(pieces, schema=EXAMPLES)
                 order = _example_order(slab).to_numpy()
                 # Small takes: taking list columns needs several times their size.
                 for begin in range(0, len(order), _MERGE_PIECE):
-                    piece = slab.take(pa.array(order[begin : begin + _MERGE_PIECE]))
-                    writer.write_table(piece)
+                    writer.write_table(slab.take(pa.array(order[begin : begin + _MERGE_PIECE])))
                 del slab, pieces
             pool.release_unused()
 
