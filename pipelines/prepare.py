@@ -32,13 +32,25 @@ Vocabulary counts (train split only): a click log counts each training click;
 an impression log counts every row of a training impression, every entry of
 its given history, and clicks outside impressions in the training period.
 
-Memory: up to ``max_rows_in_memory`` canonical events are processed in one
-partition; above that, events are spilled to ``P`` Parquet partitions by a
-hash of the user id (for ``events``/``globo`` input files, file by file as
-they are read), processed one partition at a time, and each split is merged
-back in time order slab by slab. Examples are always built and written in
-chunks of ``chunk_size``. The negative sampler keeps per-item state (first
-seen times; for ``popularity`` the clicks' (time, item), 12 bytes a click).
+Splits: ``time`` mode cuts at event-time quantiles (see
+:func:`pipelines.splits.time_cutoffs`) unless ``valid_start``/``test_start``
+are given; ``leave-last-out`` is per user (the default for ``sequences``).
+
+Memory: up to ``max_rows_in_memory`` canonical events are processed as one
+partition; above that, events are spilled to ``P`` Parquet partitions by
+``fnv1a64(user_id) mod P`` (for several ``events``/``globo`` input files,
+file by file as they are read), processed one partition at a time into
+sorted Arrow IPC runs, and each split is merged back in (time, key) order one
+time slab (about ``max_rows_in_memory / 2`` examples) at a time. Examples
+are always built and written in chunks of ``chunk_size``, ``workers``
+threads building while the main thread writes. The negative sampler keeps
+per-item state (first-seen times; merged live intervals with a window; for
+``popularity`` the clicks' (time, item), 16 bytes a click). Results do not
+depend on ``P``, ``chunk_size`` or ``workers`` (tested).
+
+Determinism: every ordering is by content (sorted raw ids, times, input
+order for ties) and every random draw a hash of (seed, example key), so
+re-running with the same inputs and options gives identical tables.
 """
 
 from __future__ import annotations
