@@ -24,13 +24,16 @@ import dataclasses
 import json
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from pipelines.prepare import ENGINES, FORMATS, PrepareOptions, prepare
 from pipelines.schema import SPLITS
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+#: Errors caused by the input or the options: one line on stderr, exit code 2.
+#: (``BadRowError`` and ``SchemaError`` are ``ValueError``; file problems are ``OSError``.)
+USER_ERRORS = (ValueError, KeyError, OSError, zipfile.BadZipFile)
 EXIT_USAGE = 2
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(PrepareOptions))
 

@@ -179,3 +179,11 @@ def test_prepare_does_not_import_tensorflow(tmp_path, log):
     assert done.returncode == 0, done.stderr
     assert "LOADED []" in done.stdout
     assert (tmp_path / "data" / "manifest.json").exists()
+
+
+def test_corrupt_archive_exits_2(tmp_path, capsys):
+    archive = tmp_path / "clicks.zip"
+    archive.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    assert run(parse("--format", "globo", archive, "--out", tmp_path / "d", "--no-progress")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("feedrec prepare: error: ") and err.count("\n") == 1
