@@ -63,7 +63,13 @@ def run_prepare(argv: list[str], cpus: str | None = None) -> dict:
         raise RuntimeError(f"prepare failed ({process.returncode}): {stderr.strip() or stdout}")
     out = Path(argv[argv.index("--out") + 1])
     manifest = json.loads((out / "manifest.json").read_text())
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "manifest": manifest}
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "load_average": round(os.getloadavg()[0], 2),  # other work on the machine skews wall_s
+        "manifest": manifest,
+    }
 
 
 def figure(**fields) -> None:
@@ -87,6 +93,8 @@ def bench_globo(workdir: Path, cpus: str | None, repeats: int) -> None:
             wall_s=round(result["wall_s"], 3),
             clicks_per_s=round(clicks / result["wall_s"]),
             peak_rss_mb=round(result["peak_rss_mb"], 1),
+            cpu_s=round(result["cpu_s"], 2),
+            load_average=result["load_average"],
             prepare_s=manifest["elapsed_s"],
             timings_s=manifest.get("timings_s"),
             cpus=cpus or len(os.sched_getaffinity(0)),
@@ -159,6 +167,8 @@ def bench_memory(
             wall_s=round(result["wall_s"], 3),
             clicks_per_s=round(clicks / result["wall_s"]),
             peak_rss_mb=round(result["peak_rss_mb"], 1),
+            cpu_s=round(result["cpu_s"], 2),
+            load_average=result["load_average"],
             cpus=cpus or len(os.sched_getaffinity(0)),
         )
         shutil.rmtree(out, ignore_errors=True)
