@@ -620,3 +620,12 @@ def test_dataset_loaders_check_their_input(tmp_path, log_file):
     tables, sizes = feature_tables(data)
     assert sizes == {"category": 1, "subcategory": 1}  # no metadata: only "missing"
     assert all((table == 0).all() and len(table) == 5 for table in tables.values())
+
+
+def test_eval_impressions_without_a_click_are_kept(tmp_path, log_file):
+    result = result_of(IMPRESSIONS, rows_read=4, given=GIVEN)
+    manifest, data = run(tmp_path, log_file, result, fmt="mind", valid_start=20, test_start=40)
+    valid = split_rows(data, "valid")
+    assert [r["example_key"] for r in valid] == ["I2", "I3"]
+    assert valid[0]["labels"] == [0, 0] and len(valid[0]["candidates"]) == 2
+    assert manifest["impressions_without_click"] == 0  # only train impressions count
