@@ -155,17 +155,3 @@ def file_info(path: str | Path, chunk_size: int = 1 << 20) -> dict:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-
-
-def input_files(inputs: list[str | Path]) -> list[Path]:
-    """The files behind ``inputs`` (a directory stands for the files directly inside it)."""
-    files = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.is_file()))
-        elif item.exists():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"input not found: {item}")
-    return files
