@@ -31,6 +31,11 @@ class ItemEncoder(keras.layers.Layer):
     0 (missing).
 
     Index conventions: 0 = padding, 1 = out-of-vocabulary, real items from 2.
+    Items ``>= num_id_items`` (when given) are known only from metadata (e.g.
+    news published after the training period, listed in ``news.tsv``): they
+    share the OOV row of the ID embedding, whose vocabulary is built from
+    training clicks only, but keep their own feature embeddings -- so a fresh
+    article is scored by its category/subcategory rather than as "unknown".
     Indices outside ``[0, num_items)`` are mapped to the OOV index 1 (so a
     stale or foreign id never crashes a CPU lookup). Padding (0) has an
     ordinary embedding row; masking is the consumers' job.
@@ -45,6 +50,9 @@ class ItemEncoder(keras.layers.Layer):
             width ``D``); ``"concat"`` concatenates them and projects back to
             ``D`` with a Dense layer. Defaults to ``"sum"``.
         dropout: float. Dropout on the output vectors. Defaults to 0.
+        num_id_items: int or None. Rows of the ID embedding: items
+            ``[0, num_id_items)`` have their own ID vector, the rest use the
+            OOV row. Defaults to ``None`` (= ``num_items``).
         embeddings_initializer: str or initializer. Defaults to ``"uniform"``.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
@@ -75,6 +83,7 @@ class ItemEncoder(keras.layers.Layer):
         combiner: str = "sum",
         dropout: float = 0.0,
         embeddings_initializer="uniform",
+        num_id_items: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +105,14 @@ class ItemEncoder(keras.layers.Layer):
                 f"`combiner` should be one of {COMBINERS}. Received: combiner={combiner!r}"
             )
         check_rate("dropout", dropout)
+        if num_id_items is not None and (
+            not isinstance(num_id_items, int) or not 2 <= num_id_items <= num_items
+        ):
+            raise ValueError(
+                "`num_id_items` should be an integer in [2, num_items]. "
+                f"Received: num_id_items={num_id_items!r}, num_items={num_items}"
+            )
+        self.num_id_items = num_items if num_id_items is None else num_id_items
         self.num_items = num_items
         self.embedding_dim = embedding_dim
         self.feature_vocab_sizes = feature_vocab_sizes
@@ -111,7 +128,7 @@ class ItemEncoder(keras.layers.Layer):
     def build(self, inputs_shape=None) -> None:
         common = {"embeddings_initializer": self.embeddings_initializer, "dtype": self.dtype_policy}
         self.item_embedding = keras.layers.Embedding(
-            self.num_items, self.embedding_dim, name="item_embedding", **common
+            self.num_id_items, self.embedding_dim, name="item_embedding", **common
         )
         self.item_embedding.build(None)
         self.feature_tables = {}
@@ -184,7 +201,11 @@ class ItemEncoder(keras.layers.Layer):
         ids = ops.cast(inputs, "int32")
         in_range = ops.logical_and(ids >= 0, ids < self.num_items)
         ids = ops.where(in_range, ids, ops.full_like(ids, OOV_INDEX))
-        parts = [self.item_embedding(ids)]
+        if self.num_id_items < self.num_items:
+            id_rows = ops.where(ids < self.num_id_items, ids, ops.full_like(ids, OOV_INDEX))
+        else:
+            id_rows = ids
+        parts = [self.item_embedding(id_rows)]
         for name in self.feature_names:
             feature_ids = ops.take(self.feature_tables[name], ids, axis=0)
             parts.append(self.feature_embeddings[name](feature_ids))
@@ -204,6 +225,7 @@ class ItemEncoder(keras.layers.Layer):
         config.update(
             {
                 "num_items": self.num_items,
+                "num_id_items": self.num_id_items,
                 "embedding_dim": self.embedding_dim,
                 "feature_vocab_sizes": dict(self.feature_vocab_sizes),
                 "combiner": self.combiner,

@@ -173,6 +173,7 @@ def build_model(
     num_items: int,
     feature_tables: dict[str, np.ndarray] | None = None,
     feature_vocab_sizes: dict[str, int] | None = None,
+    num_id_items: int | None = None,
 ) -> FeedRecModel:
     """Build a :class:`FeedRecModel` from a ``feedrec.config.ModelConfig``.
 
@@ -188,6 +189,10 @@ def build_model(
             log message); tables of features not in the config are ignored.
         feature_vocab_sizes: dict or None. Feature name -> vocabulary size.
             A feature missing here gets ``max(table) + 1``.
+        num_id_items: int or None. Items with an ID embedding (the training
+            vocabulary, padding and OOV included); items from ``num_id_items``
+            to ``num_items`` are known from metadata only and use the OOV ID
+            row with their own features. Defaults to ``None`` (all items).
 
     Returns:
         A built :class:`FeedRecModel` whose feature tables are set.
@@ -219,6 +224,7 @@ def build_model(
         feature_vocab_sizes=sizes,
         combiner=model_config.feature_combiner,
         dropout=model_config.dropout,
+        num_id_items=num_id_items,
         name="item_encoder",
     )
     user_encoder = UserEncoder(

@@ -125,3 +125,24 @@ def test_round_trip_carries_the_tables(run_layer_test, tmp_path, combiner):
     loaded_encoder = loaded.get_layer("items")
     for name, table in TABLES.items():
         np.testing.assert_array_equal(loaded_encoder.feature_tables[name].numpy(), table)
+
+
+def test_metadata_only_items_share_the_oov_id_row_but_keep_features():
+    import numpy as np
+
+    encoder = ItemEncoder(6, 4, feature_vocab_sizes={"category": 3}, num_id_items=4)
+    encoder.set_feature_tables({"category": np.array([0, 0, 1, 2, 1, 2], dtype="int32")})
+    vectors = np.asarray(encoder(np.array([1, 2, 3, 4, 5])))
+    ids = np.asarray(encoder.item_embedding.embeddings)
+    categories = np.asarray(encoder.feature_embeddings["category"].embeddings)
+    # items 4 and 5 (>= num_id_items) use ID row 1 (OOV) plus their own category
+    np.testing.assert_allclose(vectors[3], ids[1] + categories[1], rtol=1e-6)
+    np.testing.assert_allclose(vectors[4], ids[1] + categories[2], rtol=1e-6)
+    np.testing.assert_allclose(vectors[1], ids[2] + categories[1], rtol=1e-6)
+    assert ids.shape == (4, 4)
+    assert ItemEncoder.from_config(encoder.get_config()).num_id_items == 4
+
+
+def test_num_id_items_is_checked():
+    with pytest.raises(ValueError, match="num_id_items=9"):
+        ItemEncoder(6, 4, num_id_items=9)
