@@ -43,11 +43,17 @@ def random_scores(batch: Batch, seed: int = 0) -> np.ndarray:
 
 
 def item_counts(items_path: str | Path) -> np.ndarray:
-    """Training click counts indexed by item index (row i of ``items.parquet``)."""
-    table = pq.read_table(items_path, columns=["item_index", "count"])
+    """Training click counts indexed by item index (row i of ``items.parquet``).
+
+    Uses the ``clicks`` column when the vocabulary has one (impression logs,
+    where ``count`` also counts exposures), else ``count``.
+    """
+    names = pq.read_schema(items_path).names
+    column = "clicks" if "clicks" in names else "count"
+    table = pq.read_table(items_path, columns=["item_index", column])
     index = table.column("item_index").to_numpy()
     counts = np.zeros(int(index.max()) + 1 if len(index) else 0, dtype=np.int64)
-    counts[index] = table.column("count").to_numpy()
+    counts[index] = table.column(column).to_numpy()
     return counts
 
 

@@ -86,7 +86,13 @@ def train(
 
     keras.utils.set_random_seed(train_config.seed)
     tables, vocab_sizes = feature_tables(data_dir, model_config.item_features)
-    model = build_model(model_config, int(manifest["num_items"]), tables, vocab_sizes)
+    model = build_model(
+        model_config,
+        int(manifest["num_items"]),
+        tables,
+        vocab_sizes,
+        num_id_items=manifest.get("num_id_items"),  # absent: every item has an ID row
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(train_config.learning_rate),
         loss=build_loss(model_config.loss),
