@@ -590,6 +590,7 @@ class _Job:
 
         self.bar.stage("count")
         counts = np.zeros(len(ctx.items), np.int64)
+        clicks = np.zeros(len(ctx.items), np.int64)
         activity = ActivityAccumulator(
             len(ctx.items), sampling=options.negative_sampling, window=options.negative_window
         )
@@ -598,7 +599,9 @@ class _Job:
         for events, given in store.iter_partitions():
             part = _Partition(events, given, ctx)
             self.rejected[MIN_ITEM_INTERACTIONS_REASON] += part.filtered
-            counts += part.training_counts()
+            part_counts, part_clicks = part.training_counts()
+            counts += part_counts
+            clicks += part_clicks
             self.users += len(part.user_ids)
             np.minimum.at(first_seen, part.item, part.time)
             if not ctx.has_impressions:
@@ -622,7 +625,9 @@ class _Job:
         metadata = (
             pa.concat_tables(self.metadata, promote_options="permissive") if self.metadata else None
         )
-        items, features = items_table(vocab, first_seen=first_seen[vocab_codes], metadata=metadata)
+        items, features = items_table(
+            vocab, first_seen=first_seen[vocab_codes], clicks=clicks[vocab_codes], metadata=metadata
+        )
         pq.write_table(items, self.out / "items.parquet")
         (self.out / "features").mkdir()
         for name, table in features.items():
@@ -1062,13 +1067,17 @@ class _Partition:
 
     # -- pass A -------------------------------------------------------------------------
 
-    def training_counts(self) -> np.ndarray:
+    def training_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per item code: the vocabulary count and the clicks, over the training split."""
         n = len(self.ctx.items)
         train = self.unit_split == TRAIN
         if not self.ctx.has_impressions:
-            return np.bincount(self.click_item[train], minlength=n)
+            clicks = np.bincount(self.click_item[train], minlength=n)
+            return clicks, clicks
         in_train = train[self.imp_group]
-        counts = np.bincount(self.item[self.imp_rows[in_train]], minlength=n)
+        rows = self.imp_rows[in_train]
+        counts = np.bincount(self.item[rows], minlength=n)
+        clicks = np.bincount(self.item[rows[self.label[rows] == 1]], minlength=n)
         if self.given is not None:
             lists = self.given.filter(pa.array(train))
             values = pc.list_flatten(lists)
@@ -1081,9 +1090,10 @@ class _Partition:
             np.minimum.at(end, self.unit_user[~train], self.unit_time[~train])
             if self.ctx.split_mode == "time":
                 end = np.minimum(end, self.ctx.valid_start)
-            before = outside & (self.time < end[self.user])
-            counts += np.bincount(self.item[before], minlength=n)
-        return counts
+            before = np.bincount(self.item[outside & (self.time < end[self.user])], minlength=n)
+            counts += before
+            clicks += before
+        return counts, clicks
 
     # -- pass B -------------------------------------------------------------------------
 

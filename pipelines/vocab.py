@@ -126,6 +126,7 @@ def items_table(
     vocab: Vocabulary,
     *,
     first_seen: np.ndarray | None = None,
+    clicks: np.ndarray | None = None,
     metadata: pa.Table | None = None,
     extra_features: tuple[str, ...] = (),
 ) -> tuple[pa.Table, dict[str, pa.Table]]:
@@ -136,6 +137,9 @@ def items_table(
         first_seen: optional int64 array aligned with ``vocab.item_ids``, the
             first time each item appears in the log (``None`` entries allowed
             via a masked value of ``np.iinfo(np.int64).max``).
+        clicks: optional int array aligned with ``vocab.item_ids``, the training
+            clicks of each item, written as an extra ``clicks`` column (for
+            impression logs ``count`` also counts exposures).
         metadata: optional table with a string ``item_id`` column and
             categorical feature columns. Items without metadata get feature index 0.
         extra_features: further metadata columns to index besides ``category``
@@ -159,6 +163,8 @@ def items_table(
             [[np.iinfo(np.int64).max] * 2, np.asarray(first_seen, np.int64)]
         )
         columns["first_seen"] = pa.array(first_seen, mask=first_seen == np.iinfo(np.int64).max)
+    if clicks is not None:
+        columns["clicks"] = pa.array(np.concatenate([[0, 0], clicks]).astype(np.int64))
     names = list(REQUIRED_FEATURES) + [f for f in extra_features if f not in REQUIRED_FEATURES]
     if metadata is not None:
         metadata = _first_per_item(metadata)

@@ -113,6 +113,10 @@ def test_click_log_by_hand(tmp_path, log_file):
     ids = raw_ids(data)
     # Training clicks: a x2, b, c -> a=2, then b=3, c=4 (count desc, then id).
     assert ids == ["", "<oov>", "a", "b", "c"]
+    items = load_items(data)
+    assert (
+        items.column("count").to_pylist() == items.column("clicks").to_pylist() == [0, 0, 2, 1, 1]
+    )
     train = split_rows(data, "train")
     assert [r["example_key"] for r in train] == ["u/0", "v/0", "u/1", "u/2"]
     assert [r["history"] for r in train] == [[], [], [2], [2]]  # b and c share t=20
@@ -266,6 +270,9 @@ def test_mind_like_log_by_hand(tmp_path, log_file):
     ids = raw_ids(data)
     # Train counts: I1 and I2 rows (n2 twice) and I1's given history.
     assert ids == ["", "<oov>", "n2", "h1", "h2", "h3", "n1", "n3", "n4", "n5"]
+    items = load_items(data)
+    assert items.column("count").to_pylist() == [0, 0, 2, 1, 1, 1, 1, 1, 1, 1]
+    assert items.column("clicks").to_pylist() == [0, 0, 0, 0, 0, 0, 1, 0, 1, 0]  # n1, n4
     train = split_rows(data, "train")
     assert [r["example_key"] for r in train] == ["I1/0", "I1/3"]  # one per clicked candidate
     for row, clicked in zip(train, ["n1", "n4"], strict=True):

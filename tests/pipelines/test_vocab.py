@@ -76,6 +76,12 @@ def test_items_table_without_metadata_has_empty_features():
     assert {name: t.num_rows for name, t in features.items()} == {"category": 1, "subcategory": 1}
 
 
+def test_clicks_column():
+    items, _ = items_table(Vocabulary.from_ids(["a", "b", "a"]), clicks=np.array([1, 0]))
+    assert items.column("clicks").to_pylist() == [0, 0, 1, 0]
+    assert items.column_names[:6] == ITEMS.names
+
+
 def test_extra_features():
     metadata = pa.table({"item_id": ["a"], "genre": ["jazz"]})
     items, features = items_table(
