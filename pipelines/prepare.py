@@ -523,6 +523,7 @@ class _Context:
     has_impressions: bool
     item_hashes: np.ndarray | None = None
     code_to_index: np.ndarray | None = None
+    num_id_items: int | None = None  # indices >= this have no ID embedding (metadata only)
     sampler: NegativeSampler | None = None
 
 
@@ -616,17 +617,27 @@ class _Job:
 
         self.bar.stage("vocabulary")
         vocab = Vocabulary.from_counts(ctx.items, counts, min_count=options.min_count)
+        ctx.num_id_items = vocab.size
+        metadata = (
+            pa.concat_tables(self.metadata, promote_options="permissive") if self.metadata else None
+        )
+        if metadata is not None:  # items with features but no ID embedding (see vocab.py)
+            extra = vocab.missing(metadata.column("item_id"))
+            extra_codes = _codes(pc.index_in(extra, ctx.items))
+            vocab = vocab.extended(extra, np.where(extra_codes >= 0, counts[extra_codes], 0))
         ctx.code_to_index = vocab.lookup(ctx.items)
         ctx.item_hashes = hash_strings(ctx.items)
         if not ctx.has_impressions:
             ctx.sampler = activity.build()
         del activity
-        vocab_codes = pc.index_in(vocab.item_ids, ctx.items).to_numpy(zero_copy_only=False)
-        metadata = (
-            pa.concat_tables(self.metadata, promote_options="permissive") if self.metadata else None
-        )
+        vocab_codes = _codes(pc.index_in(vocab.item_ids, ctx.items))
+        in_log = vocab_codes >= 0
+        codes = np.maximum(vocab_codes, 0)
         items, features = items_table(
-            vocab, first_seen=first_seen[vocab_codes], clicks=clicks[vocab_codes], metadata=metadata
+            vocab,
+            first_seen=np.where(in_log, first_seen[codes], np.iinfo(np.int64).max),
+            clicks=np.where(in_log, clicks[codes], 0),
+            metadata=metadata,
         )
         pq.write_table(items, self.out / "items.parquet")
         (self.out / "features").mkdir()
@@ -739,6 +750,7 @@ class _Job:
                 "items": int(sum(t.num_rows for t in self.metadata)),
             },
             "num_items": int(vocab.size),
+            "num_id_items": int(ctx.num_id_items),
             "feature_vocab_sizes": {name: int(t.num_rows) for name, t in features.items()},
             "history_length": int(self.options.history_length),
             "num_negatives": int(self.options.negatives),
@@ -1179,6 +1191,10 @@ class _Partition:
             return heads
         return pc.binary_join_element_wise(heads, pa.array(tail).cast(pa.string()), "/")
 
+    def _unseen(self, indices: np.ndarray) -> int:
+        """Entries with no training ID: OOV, or known from metadata only."""
+        return int(((indices == OOV_INDEX) | (indices >= self.ctx.num_id_items)).sum())
+
     def build(self, plan: _Plan) -> tuple[pa.Table, tuple[int, int]]:
         """The examples of one chunk of a plan, and their (history, candidates) OOV counts."""
         ctx, options = self.ctx, self.ctx.options
@@ -1241,7 +1257,7 @@ class _Partition:
             schema=EXAMPLES,
         )
         candidate_values = candidates.values.to_numpy(zero_copy_only=False)
-        oov = (int((values == OOV_INDEX).sum()), int((candidate_values == OOV_INDEX).sum()))
+        oov = (self._unseen(values), self._unseen(candidate_values))
         return table, oov
 
 

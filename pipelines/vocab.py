@@ -6,6 +6,14 @@ ordered by training count (descending), then raw id -- deterministic. Items
 seen fewer than ``min_count`` times in training, and ids never seen in
 training, map to OOV.
 
+Items known from metadata (MIND's ``news.tsv``) but not in that training
+vocabulary -- typically news published after the training period -- are
+appended after it, sorted by raw id: indices ``num_id_items`` and up. They
+have **no ID embedding** (the model uses the OOV row for them, so the ID
+vocabulary stays train-only) but keep their category/subcategory, so a fresh
+article is still scored by its features, in evaluation and in an export.
+The manifest records ``num_id_items``; OOV counts include these items.
+
 ``items.parquet`` (``pipelines.schema.ITEMS``) has one row per index, so
 ``item_index == row number``: row 0 is padding (``""``), row 1 OOV
 (``"<oov>"``). Categorical features (``category``, ``subcategory``, ...) are
@@ -94,6 +102,21 @@ class Vocabulary:
         position = pc.index_in(_as_array(ids).cast(pa.string()), value_set=self.item_ids)
         position = pc.fill_null(position, OOV_INDEX - FIRST_ITEM_INDEX)
         return (position.to_numpy(zero_copy_only=False) + FIRST_ITEM_INDEX).astype(np.int32)
+
+    def missing(self, ids: pa.Array | pa.ChunkedArray | list) -> pa.Array:
+        """The distinct ``ids`` not in the vocabulary, sorted (deterministic)."""
+        ids = pc.unique(_as_array(ids).cast(pa.string()).drop_null())
+        absent = pc.invert(pc.is_in(ids, value_set=self.item_ids))
+        absent_ids = ids.filter(absent)
+        return absent_ids.take(pc.array_sort_indices(absent_ids))
+
+    def extended(self, item_ids: pa.Array, counts: np.ndarray) -> Vocabulary:
+        """This vocabulary with ``item_ids`` appended after its own ids (in the given order)."""
+        item_ids = _as_array(item_ids).cast(pa.string())
+        return Vocabulary(
+            pa.concat_arrays([self.item_ids, item_ids]),
+            np.concatenate([self.counts, np.asarray(counts, np.int64)]),
+        )
 
     def ids_with_reserved(self) -> pa.Array:
         """All ids in index order: ``["", "<oov>", *item_ids]``."""

@@ -636,3 +636,33 @@ def test_eval_impressions_without_a_click_are_kept(tmp_path, log_file):
     assert [r["example_key"] for r in valid] == ["I2", "I3"]
     assert valid[0]["labels"] == [0, 0] and len(valid[0]["candidates"]) == 2
     assert manifest["impressions_without_click"] == 0  # only train impressions count
+
+
+def test_items_known_only_from_metadata_get_features_but_no_id(tmp_path, log_file):
+    metadata = pa.table(
+        {
+            "item_id": ["n1", "n2", "n7", "n6", "fresh"],
+            "category": ["sports", "news", "sports", "news", "sports"],
+            "subcategory": ["golf", "", "golf", "", ""],
+        }
+    )
+    result = result_of(IMPRESSIONS, rows_read=4, given=GIVEN, items=metadata)
+    manifest, data = run(
+        tmp_path, log_file, result, fmt="mind", valid_start=30, test_start=40, negatives=1
+    )
+    ids = raw_ids(data)
+    # the train-only ID vocabulary first, then metadata-only items sorted by raw id
+    assert ids == ["", "<oov>", "n2", "h1", "h2", "h3", "n1", "n3", "n4", "n5", "fresh", "n6", "n7"]
+    assert manifest["num_id_items"] == 10 and manifest["num_items"] == 13
+    (valid,) = split_rows(data, "valid")
+    assert valid["candidates"] == [6, ids.index("n6")]  # n6 is not OOV any more
+    (test,) = split_rows(data, "test")
+    assert test["candidates"] == [2, ids.index("n7")]
+    # ... but still counted as unseen in training
+    assert manifest["splits"]["valid"]["oov"]["candidates"] == 1
+    assert manifest["splits"]["test"]["oov"] == {"history": 1, "candidates": 1}
+    tables, _ = feature_tables(data)
+    assert tables["category"][ids.index("n7")] == tables["category"][ids.index("n1")] > 0
+    items = load_items(data)
+    assert items.column("clicks").to_pylist()[10:] == [0, 0, 0]  # no training clicks
+    assert items.column("first_seen").to_pylist()[10] is None  # "fresh" never in the log
