@@ -113,6 +113,8 @@ import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
+from pipelines.readers import mind
+
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = 3600
@@ -1278,16 +1280,8 @@ def _news_frame(
 
 # ----------------------------------------------------------------------- files
 
-NEWS_COLUMNS = (
-    "news_id",
-    "category",
-    "subcategory",
-    "title",
-    "abstract",
-    "url",
-    "title_entities",
-    "abstract_entities",
-)
+# news.tsv's column order is the reader's; the generator's frame names the id `news_id`.
+NEWS_COLUMNS = ("news_id", *mind.NEWS_COLUMNS[1:])
 
 
 def _news_lines(news: pd.DataFrame) -> list[str]:
