@@ -203,8 +203,6 @@ def compare_settings(
         ``val_mrr``, ``val_ndcg@5``, ``val_ndcg@10`` (at the best epoch;
         NaN without validation), ``best_epoch``, ``train_seconds`` and ``run_dir``.
     """
-    from feedrec import training
-
     fields = [field.name for field in dataclasses.fields(ModelConfig)]
     if setting not in fields:
         raise ValueError(f"`setting` should be one of {fields}. Received: setting={setting!r}")
@@ -216,23 +214,37 @@ def compare_settings(
         _check_positive_int("epochs", epochs)
         train_config = dataclasses.replace(train_config, epochs=epochs)
     rows = []
-    for value in values:
-        run_config = config.replace(
-            model=dataclasses.replace(config.model, **{setting: value}), train=train_config
-        )
-        run_dir = Path(work_dir) / f"{setting}={value}"
-        logger.info("training with %s=%r", setting, value)
-        history = training.train(data_dir, run_dir, run_config, overwrite=True, verbose=0)
-        best = history.get("best_epoch")
-        row = {setting: value}
-        for name in METRICS:
-            values_of = history.get(f"val_{name}")
-            row[f"val_{name}"] = float(values_of[best - 1]) if best and values_of else math.nan
-        row["best_epoch"] = best if best is not None else math.nan
-        row["train_seconds"] = float(history.get("train_seconds", math.nan))
-        row["run_dir"] = str(run_dir)
-        rows.append(row)
+    # Every run builds a new model, so TensorFlow warns that its predict step is
+    # traced again: expected here, and quieted for the comparison only.
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.ERROR)
+    try:
+        for value in values:
+            rows.append(_train_one(data_dir, work_dir, config, train_config, setting, value))
+    finally:
+        tf_logger.setLevel(level)
     return pd.DataFrame(rows)
+
+
+def _train_one(data_dir, work_dir, config, train_config, setting, value) -> dict:
+    from feedrec import training
+
+    run_config = config.replace(
+        model=dataclasses.replace(config.model, **{setting: value}), train=train_config
+    )
+    run_dir = Path(work_dir) / f"{setting}={value}"
+    logger.info("training with %s=%r", setting, value)
+    history = training.train(data_dir, run_dir, run_config, overwrite=True, verbose=0)
+    best = history.get("best_epoch")
+    row = {setting: value}
+    for name in METRICS:
+        per_epoch = history.get(f"val_{name}")
+        row[f"val_{name}"] = float(per_epoch[best - 1]) if best and per_epoch else math.nan
+    row["best_epoch"] = best if best is not None else math.nan
+    row["train_seconds"] = float(history.get("train_seconds", math.nan))
+    row["run_dir"] = str(run_dir)
+    return row
 
 
 # --------------------------------------------------------------------------- embeddings
@@ -245,7 +257,9 @@ def item_vectors(model) -> np.ndarray:
     return np.asarray(vectors, dtype=np.float64)[0]
 
 
-def nearest_items(vectors: np.ndarray, queries: Sequence[int], k: int = 5) -> pd.DataFrame:
+def nearest_items(
+    vectors: np.ndarray, queries: Sequence[int], k: int = 5, names: pd.Series | None = None
+) -> pd.DataFrame:
     """The ``k`` items closest to each query by cosine similarity.
 
     Padding (index 0), OOV (1) and the query itself are never neighbours;
@@ -256,10 +270,12 @@ def nearest_items(vectors: np.ndarray, queries: Sequence[int], k: int = 5) -> pd
             (see :func:`item_vectors`).
         queries: item indices, each a real item (``>= 2``).
         k: int. Neighbours per query. Defaults to 5.
+        names: pd.Series or None. Item index -> name (e.g. ``item_labels(...)["label"]``);
+            adds ``query_name`` and ``item_name`` columns. Defaults to None.
 
     Returns:
         One row per (query, neighbour): ``query``, ``rank`` (1 = closest),
-        ``item`` and ``similarity``.
+        ``item`` and ``similarity`` (and the names).
     """
     vectors = np.asarray(vectors, dtype=np.float64)
     if vectors.ndim != 2:
@@ -291,7 +307,11 @@ def nearest_items(vectors: np.ndarray, queries: Sequence[int], k: int = 5) -> pd
                     "similarity": float(similarity[item]),
                 }
             )
-    return pd.DataFrame(rows, columns=["query", "rank", "item", "similarity"])
+    table = pd.DataFrame(rows, columns=["query", "rank", "item", "similarity"])
+    if names is not None:
+        table["query_name"] = table["query"].map(names)
+        table["item_name"] = table["item"].map(names)
+    return table
 
 
 # --------------------------------------------------------------------------- scores

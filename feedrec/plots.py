@@ -180,19 +180,31 @@ def plot_setting_comparison(
     baselines: Mapping[str, Mapping[str, float]] | None = None,
     ax=None,
 ):
-    """One bar per value of ``setting`` (from ``feedrec.explore.compare_settings``).
+    """The metric of each value of ``setting`` (from ``feedrec.explore.compare_settings``).
 
-    ``baselines`` (``feedrec.explore.baseline_metrics``) are drawn as horizontal lines.
+    Points joined by a line, each labelled with its value; ``baselines``
+    (``feedrec.explore.baseline_metrics``) are horizontal lines. The y axis
+    is zoomed on the values drawn, since settings often differ by little.
     """
     ax = _axes(ax)
     labels = [str(value) for value in table[setting]]
-    bars = ax.bar(labels, table[metric], color="tab:blue", alpha=0.8, label="model")
-    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    values = table[metric].to_numpy(dtype=float)
+    ax.plot(labels, values, marker="o", color="tab:blue", label="model")
+    for label, value in zip(labels, values, strict=True):
+        ax.annotate(
+            f"{value:.3f}", (label, value), textcoords="offset points", xytext=(0, 6), ha="center"
+        )
     plain = metric.removeprefix("val_")
     styles = {"popularity": "--", "random": ":"}
-    for name, values in (baselines or {}).items():
-        ax.axhline(values[plain], color="gray", linestyle=styles.get(name, "-."), label=name)
-    ax.set_ylim(0, 1)
+    drawn = list(values)
+    for name, scores in (baselines or {}).items():
+        ax.axhline(scores[plain], color="gray", linestyle=styles.get(name, "-."), label=name)
+        drawn.append(scores[plain])
+    finite = [v for v in drawn if np.isfinite(v)]
+    if finite:
+        low, high = min(finite), max(finite)
+        margin = max(0.1 * (high - low), 0.01)
+        ax.set_ylim(low - margin, high + 2 * margin)
     ax.set_xlabel(setting)
     ax.set_ylabel(metric)
     ax.set_title(f"Effect of {setting} on {metric}")

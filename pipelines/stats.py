@@ -4,6 +4,7 @@ Pure functions over the canonical events table (``pipelines.schema.EVENTS``,
 what every reader returns) that answer the questions to ask of a log before
 training on it:
 
+* :func:`log_summary` — events, clicks, users, items, impressions, time span;
 * :func:`history_lengths` — how long each example's history is before any
   truncation, and :func:`truncation_curve` — the share of examples (or users)
   truncated or padded at a chosen ``L``;
@@ -89,6 +90,31 @@ def _impressions(events: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(
         {"user_id": grouped["user_id"].first(), "time": grouped["time"].min()}
     ).reset_index()
+
+
+def log_summary(events: pa.Table) -> dict:
+    """Headline counts of a log.
+
+    Returns:
+        ``events`` (rows), ``clicks``, ``users``, ``items``, ``impressions``
+        (distinct non-null impression ids, 0 for click logs), ``start`` and
+        ``end`` (first and last event time, UTC timestamps; None when empty).
+    """
+    events = _check_events(events)
+    times = events.column("time")
+    impressions = 0
+    if "impression_id" in events.column_names:
+        impressions = pc.count_distinct(events.column("impression_id"), mode="only_valid").as_py()
+    empty = events.num_rows == 0
+    return {
+        "events": events.num_rows,
+        "clicks": int(pc.sum(pc.equal(events.column("label"), 1)).as_py() or 0),
+        "users": pc.count_distinct(events.column("user_id")).as_py(),
+        "items": pc.count_distinct(events.column("item_id")).as_py(),
+        "impressions": impressions,
+        "start": None if empty else pd.Timestamp(pc.min(times).as_py(), unit="ms", tz="UTC"),
+        "end": None if empty else pd.Timestamp(pc.max(times).as_py(), unit="ms", tz="UTC"),
+    }
 
 
 def history_lengths(events: pa.Table, given_history: pa.Table | None = None) -> pd.DataFrame:

@@ -46,6 +46,28 @@ def lengths_frame(lengths, users=None):
     return pd.DataFrame({"user_id": users, "history_length": lengths})
 
 
+# --------------------------------------------------------------------------- summary
+
+
+def test_log_summary_by_hand():
+    log = events(
+        [
+            ("u", "a", 2 * HOUR, 1, "i1"),
+            ("u", "b", 2 * HOUR, 0, "i1"),
+            ("v", "a", HOUR, 1, "i2"),
+            ("v", "c", 3 * HOUR, 1, None),
+        ]
+    )
+    summary = stats.log_summary(log)
+    assert summary["events"] == 4 and summary["clicks"] == 3
+    assert summary["users"] == 2 and summary["items"] == 3 and summary["impressions"] == 2
+    assert summary["start"] == pd.Timestamp("1970-01-01 01:00", tz="UTC")
+    assert summary["end"] == pd.Timestamp("1970-01-01 03:00", tz="UTC")
+    assert stats.log_summary(clicks([("u", "a", 1)]))["impressions"] == 0
+    empty = stats.log_summary(clicks([("u", "a", 1)]).slice(0, 0))
+    assert empty["events"] == 0 and empty["clicks"] == 0 and empty["start"] is None
+
+
 # --------------------------------------------------------------------------- history lengths
 
 
