@@ -1,29 +1,38 @@
-"""Export a run as a SavedModel that TensorFlow Serving loads.
+"""Export a trained model as a SavedModel that TensorFlow Serving loads.
 
-``export_run(RUN_DIR, EXPORT_BASE)`` writes ``EXPORT_BASE/<version>/`` where
-``<version>`` is the next integer (TF Serving serves the highest). The
-SavedModel is first written to a hidden temporary directory beside it
-(TF Serving ignores names that are not integers) and renamed into place, so
-an interrupted export never leaves a version directory behind, and an
-existing version is never overwritten.
+``export_run(RUN_DIR, EXPORT_BASE)`` writes ``EXPORT_BASE/<version>/``, where
+``<version>`` is the next integer (TF Serving serves the highest one). The
+SavedModel is first written to a hidden temporary directory beside it (TF
+Serving ignores names that are not integers) and renamed into place only
+once complete, so an interrupted export never leaves a version directory
+behind, and an existing version is never overwritten.
 
 Signatures (all take the **raw item ids of the log** as strings):
 
-* ``serving_default``: ``history`` ``tf.string [batch, None]`` (a user's
+* ``serving_default``: ``history`` ``tf.string (batch, None)`` (a user's
   clicks, oldest first, right-padded with ``""``) and ``candidates``
-  ``tf.string [batch, None]`` -> ``scores`` ``float32 [batch, num_candidates]``.
-* ``user_embedding``: ``history`` -> ``user_embedding`` ``float32 [batch, dim]``.
-* ``item_embedding``: ``items`` ``tf.string [None]`` -> ``item_embedding``
-  ``float32 [None, dim]``.
+  ``tf.string (batch, None)`` -> ``scores`` ``float32 (batch, num_candidates)``.
+* ``user_embedding``: ``history`` -> ``user_embedding`` ``float32 (batch, dim)``.
+* ``item_embedding``: ``items`` ``tf.string (None,)`` -> ``item_embedding``
+  ``float32 (None, dim)``.
 
-Inside the graph: raw ids are mapped to vocabulary indices with a static hash
-table (unknown ids -> OOV, ``""`` -> padding); item features are looked up
-from the item table the model carries; a history longer than the model's L is
-truncated to its most recent L clicks; an empty history is valid.
+Inside the graph, raw ids are mapped to vocabulary indices by a hash table
+initialised from the ``items.tsv`` asset (unknown ids -> OOV, ``""`` ->
+padding); the most recent ``L`` clicks of each history are kept; an empty
+history is valid.
+
+What is saved is what serving needs and nothing else. The item tower (id
+embedding plus the category/subcategory embeddings looked up from the item
+feature tables, combined) does not depend on the request, so it is evaluated
+once at export for every item of the vocabulary and saved as one
+``item_vectors (num_items, dim)`` table; the graph looks up an item's vector
+by its index. The user encoder's weights are saved as they are. No optimizer
+state, no separate id embedding or feature tables, no Keras model.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -32,166 +41,216 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-from pipelines.schema import OOV_INDEX, PADDING_INDEX
+from pipelines.schema import FIRST_ITEM_INDEX, OOV_INDEX, PADDING_INDEX
 
 logger = logging.getLogger(__name__)
 
+#: The asset holding ``raw_id<TAB>index`` for every real item.
+ITEMS_ASSET = "items.tsv"
+#: The signatures of an export, by name.
+SIGNATURES = ("serving_default", "user_embedding", "item_embedding")
+
 _VERSION = re.compile(r"^\d+$")
+_TEMPORARY_PREFIX = ".export-tmp-"
 
 
 def next_version(export_base: str | Path) -> int:
     """One more than the highest integer version under ``export_base`` (1 if none)."""
     export_base = Path(export_base)
-    versions = (
-        [int(p.name) for p in export_base.iterdir() if _VERSION.match(p.name)]
-        if (export_base.is_dir())
-        else []
-    )
+    if not export_base.is_dir():
+        return 1
+    versions = [int(p.name) for p in export_base.iterdir() if _VERSION.match(p.name)]
     return max(versions, default=0) + 1
 
 
-ITEMS_ASSET = "items.tsv"
-
-
 def write_item_vocabulary(item_ids: list[str], path: str | Path) -> Path:
-    """``raw_id<TAB>index`` lines for real items (index >= 2): the export's id table."""
-    bad = [i for i in item_ids[2:] if not i or "\t" in i or "\n" in i or "\r" in i]
+    """Write the export's id table: ``raw_id<TAB>index`` for the real items.
+
+    Args:
+        item_ids: list of str. The raw id of each item index (the
+            ``item_id`` column of ``items.parquet`` in ``item_index`` order);
+            entries 0 (padding) and 1 (OOV) are not written.
+        path: where to write the table.
+
+    Returns:
+        ``path``.
+    """
+    real = item_ids[FIRST_ITEM_INDEX:]
+    bad = [item for item in real if not item or any(c in item for c in "\t\n\r")]
     if bad:
-        raise ValueError(f"item ids must be non-empty without tabs/newlines; received {bad[:3]}")
-    lines = "".join(f"{item}\t{index}\n" for index, item in enumerate(item_ids) if index >= 2)
+        raise ValueError(
+            "Item ids should be non-empty and hold no tab or newline. "
+            f"Received: {[*bad[:3]]!r} ({len(bad)} bad)"
+        )
+    if len(set(real)) != len(real):
+        raise ValueError(
+            f"Item ids should be unique. Received: {len(real) - len(set(real))} repeats"
+        )
+    lines = "".join(f"{item}\t{index}\n" for index, item in enumerate(real, FIRST_ITEM_INDEX))
     Path(path).write_text(lines, encoding="utf-8")
     return Path(path)
 
 
-def build_serving_module(model, vocabulary_file: str | Path, history_length: int):
-    """A ``tf.Module`` with the three serving functions around a trained model.
+class ServingModule(tf.Module):
+    """The serving graph around a trained :class:`feedrec.models.FeedRecModel`.
 
-    ``vocabulary_file`` (see :func:`write_item_vocabulary`) becomes a SavedModel
-    asset from which the in-graph id table is initialised.
+    Holds the ``item_vectors`` table (the item tower evaluated once for every
+    item index), the TensorFlow variables of the model's user encoder and the
+    raw id -> index hash table, and exposes the three serving functions as
+    ``tf.function``s with fixed input signatures. Save it with
+    :func:`save_module`; the SavedModel needs neither feedrec nor Keras to
+    load.
+
+    Histories: ``""`` is padding wherever it sits; each row keeps its most
+    recent ``min(clicks, L)`` clicks, left-aligned. Without XLA the encoder
+    runs on ``max(1, longest kept row)`` columns instead of ``L`` (padded
+    slots are masked, so they cannot change a score; they are just not
+    computed).
+
+    Args:
+        model: ``FeedRecModel``. The trained model; only its item encoder (run
+            once, here) and its user encoder are used.
+        vocabulary_file: str or Path. The id table written by
+            :func:`write_item_vocabulary`; it becomes the ``items.tsv`` asset.
+        jit_compile: bool. Compile the numeric part of each signature (after
+            the string lookups) with XLA, on ``L`` columns. Faster on CPU, but
+            TF Serving runs it only with ``--xla_cpu_compilation_enabled=true``
+            and compiles once per new input shape. Defaults to ``False``.
+        **kwargs: base module arguments (``name``).
+
+    Call arguments (``serve``):
+        history: string ``(batch, history_len)``. Raw clicked ids, oldest
+            first, right-padded with ``""``; any width.
+        candidates: string ``(batch, num_candidates)``. Raw candidate ids.
+
+    Returns:
+        ``{"scores": float32 (batch, num_candidates)}``, the model's logits.
     """
-    import tensorflow as tf
 
-    class FeedRecServing(tf.Module):
-        def __init__(self):
-            super().__init__(name="feedrec_serving")
-            self.model = model
-            self.vocabulary = tf.saved_model.Asset(str(vocabulary_file))
-            self.item_table = tf.lookup.StaticHashTable(
-                tf.lookup.TextFileInitializer(
-                    self.vocabulary,
-                    key_dtype=tf.string,
-                    key_index=0,
-                    value_dtype=tf.int64,
-                    value_index=1,
-                    delimiter="\t",
-                ),
-                default_value=OOV_INDEX,
+    def __init__(
+        self, model, vocabulary_file: str | Path, jit_compile: bool = False, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        for name in ("item_encoder", "user_encoder", "history_length", "item_embedding"):
+            if not hasattr(model, name):
+                raise ValueError(
+                    f"`model` should be a FeedRecModel (it has no `{name}`). "
+                    f"Received: model={model!r}"
+                )
+        if not isinstance(jit_compile, bool):
+            raise ValueError(
+                f"`jit_compile` should be a bool. Received: jit_compile={jit_compile!r}"
             )
-            self.history_length = history_length
-
-        def _lookup(self, ids):
-            index = tf.cast(self.item_table.lookup(ids), tf.int32)
-            return tf.where(tf.equal(ids, ""), tf.constant(PADDING_INDEX, tf.int32), index)
-
-        def _history(self, history):
-            """Raw ids -> (indices (B, L) right-padded, lengths (B,)), most recent L kept."""
-            real = tf.not_equal(history, "")
-            ragged = tf.ragged.boolean_mask(self._lookup(history), real)
-            lengths = ragged.row_lengths()
-            start = tf.maximum(lengths - self.history_length, 0)
-            kept = tf.RaggedTensor.from_row_lengths(
-                tf.gather(
-                    ragged.flat_values, _ranges(ragged.row_starts() + start, lengths - start)
-                ),
-                lengths - start,
-            )
-            dense = kept.to_tensor(default_value=PADDING_INDEX, shape=[None, self.history_length])
-            return dense, tf.cast(lengths - start, tf.int32)
-
-        @tf.function(
-            input_signature=[
-                tf.TensorSpec([None, None], tf.string, name="history"),
-                tf.TensorSpec([None, None], tf.string, name="candidates"),
-            ]
+        self.history_length = int(model.history_length)
+        self.num_items = int(model.item_encoder.num_items)
+        self.jit_compile = jit_compile
+        encoder = model.user_encoder
+        # Track the TensorFlow variables under the encoder's Keras variables, not
+        # the Keras layer: a SavedModel that tracks Keras 3 layers loads in TF 2
+        # Python but fails in TF Serving's session-based loader ("Could not find
+        # variable ...", keras-team/keras#20095).
+        self.user_encoder_variables = [variable.value for variable in encoder.variables]
+        self._encode_user = functools.partial(encoder, training=False)  # not tracked
+        vectors = model.item_embedding(tf.range(self.num_items))
+        self.item_vectors = tf.Variable(vectors, trainable=False, name="item_vectors")
+        self.vocabulary = tf.saved_model.Asset(str(vocabulary_file))
+        self.item_table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                self.vocabulary,
+                key_dtype=tf.string,
+                key_index=0,
+                value_dtype=tf.int64,
+                value_index=1,
+                delimiter="\t",
+            ),
+            default_value=OOV_INDEX,
         )
-        def serve(self, history, candidates):
-            tf.debugging.assert_equal(
-                tf.shape(history)[0],
-                tf.shape(candidates)[0],
-                message="`history` and `candidates` must have the same batch size",
-            )
-            indices, lengths = self._history(history)
-            scores = self.model(
-                {
-                    "history": indices,
-                    "history_length": lengths,
-                    "candidates": self._lookup(candidates),
-                },
-                training=False,
-            )
-            return {"scores": tf.cast(scores, tf.float32)}
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
-        def user_embedding(self, history):
-            indices, lengths = self._history(history)
-            vectors = self.model.user_embedding(indices, lengths, training=False)
-            return {"user_embedding": tf.cast(vectors, tf.float32)}
+    def lookup(self, ids):
+        """Raw ids ``(...)`` -> int32 indices: ``""`` -> padding, unknown -> OOV."""
+        index = tf.cast(self.item_table.lookup(ids), tf.int32)
+        return tf.where(tf.equal(ids, ""), tf.constant(PADDING_INDEX, tf.int32), index)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="items")])
-        def item_embedding(self, items):
-            vectors = self.model.item_embedding(self._lookup(items))
-            return {"item_embedding": tf.cast(vectors, tf.float32)}
+    def truncate(self, history):
+        """Raw histories ``(batch, history_len)`` -> ``(indices, lengths)``.
 
-    def _ranges(starts, lengths):
-        # flat indices [s0, s0+1, ..., s0+n0-1, s1, ...] without Python loops
-        row = tf.repeat(tf.range(tf.size(lengths, out_type=tf.int64)), lengths)
-        offset = tf.range(tf.reduce_sum(lengths)) - tf.repeat(
-            tf.cumsum(lengths, exclusive=True), lengths
+        ``indices`` int32 ``(batch, T)`` holds each row's most recent
+        ``min(clicks, L)`` clicks, left-aligned, oldest first, padded with 0;
+        ``T`` is ``L`` with XLA, else ``max(1, longest kept row)``.
+        ``lengths`` int32 ``(batch,)``. ``""`` entries are skipped wherever
+        they are.
+        """
+        real = tf.not_equal(history, "")
+        rank = tf.cumsum(tf.cast(real, tf.int32), axis=1)  # 1-based rank of each click
+        lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+        kept = tf.minimum(lengths, self.history_length)
+        if self.jit_compile:
+            width = tf.constant(self.history_length)
+        else:
+            width = tf.maximum(tf.reduce_max(kept), 1)
+        slots = tf.range(width)
+        wanted = (lengths - kept)[:, None] + slots[None, :] + 1  # the rank each slot holds
+        column = tf.searchsorted(rank, wanted, side="left")  # in [0, history_len]
+        indices = tf.pad(self.lookup(history), [[0, 0], [0, 1]])  # column history_len: 0
+        gathered = tf.gather(indices, column, batch_dims=1)
+        valid = tf.sequence_mask(kept, width)
+        return tf.where(valid, gathered, tf.zeros_like(gathered)), kept
+
+    def _numeric(self, fn):
+        """``fn``, compiled with XLA when ``jit_compile`` (built while tracing, not tracked)."""
+        return tf.function(fn, jit_compile=True, autograph=False) if self.jit_compile else fn
+
+    def _user_vectors(self, indices, lengths):
+        return self._encode_user(tf.gather(self.item_vectors, indices), lengths)
+
+    def _scores(self, indices, lengths, candidates):
+        user = self._user_vectors(indices, lengths)
+        items = tf.gather(self.item_vectors, candidates)
+        return tf.cast(tf.einsum("bd,bcd->bc", user, items), tf.float32)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.string, name="history"),
+            tf.TensorSpec([None, None], tf.string, name="candidates"),
+        ]
+    )
+    def serve(self, history, candidates):
+        history = _ensure_shape(history, [None, None], "history")
+        candidates = _ensure_shape(candidates, [None, None], "candidates")
+        check = tf.debugging.assert_equal(
+            tf.shape(history)[0],
+            tf.shape(candidates)[0],
+            message="`history` and `candidates` should have the same batch size",
         )
-        return tf.gather(starts, row) + offset
+        with tf.control_dependencies([check]):
+            indices, lengths = self.truncate(history)
+        scores = self._numeric(self._scores)(indices, lengths, self.lookup(candidates))
+        return {"scores": scores}
 
-    return FeedRecServing()
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+    def user_embedding(self, history):
+        history = _ensure_shape(history, [None, None], "history")
+        vectors = self._numeric(self._user_vectors)(*self.truncate(history))
+        return {"user_embedding": tf.cast(vectors, tf.float32)}
 
-
-def export_run(run_dir: str | Path, export_base: str | Path) -> Path:
-    """Export ``run_dir`` to ``export_base/<next version>/`` atomically; returns the path."""
-    import keras
-    import pyarrow.parquet as pq
-
-    from feedrec.runs import check_run_dir, read_json
-
-    run_dir = check_run_dir(run_dir)
-    export_base = Path(export_base)
-    export_base.mkdir(parents=True, exist_ok=True)
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    config = read_json(run_dir / "config.json")
-    item_ids = pq.read_table(run_dir / "items.parquet", columns=["item_id"]).column(0).to_pylist()
-    tmp = Path(tempfile.mkdtemp(prefix=".export-tmp-", dir=export_base))
-    try:
-        with tempfile.TemporaryDirectory() as scratch:
-            vocabulary = write_item_vocabulary(item_ids, Path(scratch) / ITEMS_ASSET)
-            module = build_serving_module(model, vocabulary, int(config["model"]["history_length"]))
-            _save(module, tmp)
-        while True:
-            target = export_base / str(next_version(export_base))
-            try:
-                os.rename(tmp, target)  # fails if target exists: never overwrite a version
-                break
-            except OSError:
-                if not target.exists():
-                    raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    logger.info("exported %s (%.1f MB)", target, size / 1e6)
-    return target
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="items")])
+    def item_embedding(self, items):
+        items = _ensure_shape(items, [None], "items")
+        vectors = tf.gather(self.item_vectors, self.lookup(items))
+        return {"item_embedding": tf.cast(vectors, tf.float32)}
 
 
-def _save(module, path: Path) -> None:
-    import tensorflow as tf
+def _ensure_shape(tensor, shape, name):
+    """Check a request's rank at run time: the signature's shape is not enforced
+    when a client calls it ("Shape of tensor history [2] is not compatible with
+    expected shape [?,?]")."""
+    return tf.ensure_shape(tensor, shape, name=name)
 
+
+def save_module(module: ServingModule, path: str | Path) -> None:
+    """``tf.saved_model.save`` with the three signatures of :data:`SIGNATURES`."""
     tf.saved_model.save(
         module,
         str(path),
@@ -203,44 +262,165 @@ def _save(module, path: Path) -> None:
     )
 
 
+def export_model(
+    model, item_ids: list[str], export_base: str | Path, *, jit_compile: bool = False
+) -> Path:
+    """Export ``model`` to ``export_base/<next version>/`` atomically.
+
+    Args:
+        model: ``FeedRecModel``. The trained model.
+        item_ids: list of str. The raw id of every item index, padding and
+            OOV included (``items.parquet``'s ``item_id`` in ``item_index``
+            order).
+        export_base: str or Path. The folder TF Serving watches.
+        jit_compile: bool. XLA for the numeric part (see
+            :class:`ServingModule`). Defaults to ``False``.
+
+    Returns:
+        The new version directory.
+    """
+    num_items = int(model.item_encoder.num_items)
+    if len(item_ids) > num_items:
+        raise ValueError(
+            f"`item_ids` should have at most the model's {num_items} items. "
+            f"Received: {len(item_ids)} ids"
+        )
+    export_base = Path(export_base)
+    export_base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_TEMPORARY_PREFIX, dir=export_base))
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            vocabulary = write_item_vocabulary(item_ids, Path(scratch) / ITEMS_ASSET)
+            module = ServingModule(
+                model, vocabulary, jit_compile=jit_compile, name="feedrec_serving"
+            )
+            save_module(module, tmp)
+        target = _rename_to_next_version(tmp, export_base)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sizes = export_size(target)
+    logger.info(
+        "Exported %s: %.2f MB (variables %.2f MB, graph %.2f MB, assets %.2f MB)",
+        target,
+        sizes["total"] / 1e6,
+        sizes["variables"] / 1e6,
+        sizes["graph"] / 1e6,
+        sizes["assets"] / 1e6,
+    )
+    return target
+
+
+def _rename_to_next_version(tmp: Path, export_base: Path) -> Path:
+    """Rename ``tmp`` to the next free integer version, never onto an existing one."""
+    while True:
+        target = export_base / str(next_version(export_base))
+        try:
+            # Fails if ``target`` exists and is not empty (another exporter won the race).
+            os.rename(tmp, target)
+            return target
+        except OSError:
+            if not target.exists():
+                raise
+
+
+def export_run(run_dir: str | Path, export_base: str | Path, *, jit_compile: bool = False) -> Path:
+    """Export the model of ``run_dir`` to ``export_base/<next version>/``; returns the path.
+
+    The item ids are ``items.parquet``'s ``item_id`` column in ``item_index``
+    order. See :func:`export_model`.
+    """
+    import pyarrow.parquet as pq
+
+    from feedrec.runs import check_run_dir, load_run
+
+    run_dir = check_run_dir(run_dir)
+    model, _, _ = load_run(run_dir)
+    items = pq.read_table(run_dir / "items.parquet", columns=["item_index", "item_id"])
+    items = items.sort_by("item_index")
+    index = items.column("item_index").to_numpy()
+    if not np.array_equal(index, np.arange(len(index))):
+        raise ValueError(
+            f"{run_dir / 'items.parquet'}: `item_index` should run 0, 1, ..., n-1. "
+            f"Received: {index[:5].tolist()}..."
+        )
+    item_ids = items.column("item_id").to_pylist()
+    return export_model(model, item_ids, export_base, jit_compile=jit_compile)
+
+
+def export_size(export_dir: str | Path) -> dict[str, int]:
+    """Bytes of an export: ``total``, ``variables``, ``graph`` (saved_model.pb), ``assets``."""
+    export_dir = Path(export_dir)
+
+    def size(path: Path) -> int:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+    return {
+        "total": size(export_dir),
+        "variables": size(export_dir / "variables"),
+        "graph": size(export_dir / "saved_model.pb"),
+        "assets": size(export_dir / "assets"),
+    }
+
+
 def load_export(export_dir: str | Path):
     """Load an export with plain TensorFlow (no feedrec classes needed)."""
-    import tensorflow as tf
-
     return tf.saved_model.load(str(export_dir))
 
 
 def export_items(export_dir: str | Path) -> list[str]:
-    """The raw ids of the items an export knows (its vocabulary asset)."""
+    """The raw ids of the items an export knows (its ``items.tsv`` asset), by index."""
     path = Path(export_dir) / "assets" / ITEMS_ASSET
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line.split("\t", 1)[0] for line in lines]
 
 
 def score_request(serving, history: list[str], candidates: list[str]) -> np.ndarray:
-    """Scores of ``candidates`` for one user's ``history`` through ``serving_default``."""
-    import tensorflow as tf
+    """Scores ``(num_candidates,)`` of ``candidates`` for one user's ``history``.
 
+    Args:
+        serving: a loaded export (:func:`load_export`).
+        history: list of str. Raw clicked ids, oldest first; may be empty.
+        candidates: list of str. Raw candidate ids.
+    """
     fn = serving.signatures["serving_default"]
     out = fn(
-        history=tf.constant([history or [""]], tf.string),
-        candidates=tf.constant([candidates], tf.string),
+        history=tf.constant([list(history) or [""]], tf.string),
+        candidates=tf.constant([list(candidates)], tf.string, shape=[1, len(candidates)]),
     )
     return out["scores"].numpy()[0]
 
 
 def recommend(
-    export_dir, history: list[str], *, catalog: list[str] | None = None, top_k: int = 10
+    export_dir: str | Path,
+    history: list[str],
+    *,
+    catalog: list[str] | None = None,
+    top_k: int = 10,
 ) -> list[tuple[str, float]]:
-    """The ``top_k`` catalogue items for ``history`` (the export's items by default),
-    excluding items already in the history."""
+    """The ``top_k`` best-scored catalogue items for ``history``.
+
+    Args:
+        export_dir: str or Path. An export version directory.
+        history: list of str. Raw clicked ids, oldest first; may be empty.
+        catalog: list of str or None. Candidate raw ids. Defaults to every
+            item the export knows. Items of the history are left out.
+        top_k: int. How many items to return. Defaults to 10.
+
+    Returns:
+        ``[(item_id, score), ...]``, best first (ties keep catalogue order).
+    """
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0:
+        raise ValueError(f"`top_k` should be a positive integer. Received: top_k={top_k!r}")
     serving = load_export(export_dir)
     if catalog is None:
         catalog = export_items(export_dir)
     seen = set(history)
     catalog = [item for item in dict.fromkeys(catalog) if item and item not in seen]
     if not catalog:
-        raise ValueError("the catalogue is empty (after removing the history's items)")
+        raise ValueError("The catalogue is empty once the history's items are removed")
     scores = score_request(serving, history, catalog)
     order = np.argsort(-scores, kind="stable")[:top_k]
     return [(catalog[i], float(scores[i])) for i in order]
