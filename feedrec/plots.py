@@ -85,7 +85,7 @@ def plot_popularity(popularity: pd.DataFrame, ax=None):
 def plot_click_concentration(popularity: pd.DataFrame, ax=None):
     """Cumulative share of clicks against the share of items, most clicked first."""
     ax = _axes(ax)
-    ax.plot(popularity["item_fraction"], popularity["cumulative_share"], label="log")
+    ax.plot(popularity["item_fraction"], popularity["cumulative_share"], label="this log")
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="every item equally clicked")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

@@ -81,6 +81,10 @@ def test_first_cell_holds_the_parameters(path):
         names.update(target.id for target in statement.targets)
     # A misspelt name would be injected beside the real one and silently ignored.
     assert set(SMALL_PARAMETERS[path.name]) <= names
+    papermill = pytest.importorskip("papermill", reason="pip install feedrec[notebooks]")
+    # papermill parses each line itself (for `--help-notebook` and injection); an `=`
+    # in a comment, for one, hides the parameter from it.
+    assert set(papermill.inspect_notebook(str(path))) == names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
