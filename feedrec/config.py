@@ -15,6 +15,8 @@ from typing import Any
 POOLING_MODES = ("attention", "mean", "last", "query")
 LOSSES = ("softmax", "binary")
 FEATURE_COMBINERS = ("sum", "concat")
+MIXED_PRECISION = ("auto", "off", "bfloat16")
+DISTRIBUTE = ("none", "mirrored", "multi-worker")
 
 
 def _check_positive(obj: Any, *names: str) -> None:
@@ -90,10 +92,29 @@ class TrainConfig:
         batch_size: examples per step.
         learning_rate: Adam learning rate.
         seed: seeds weight initialisation, shuffling and dropout.
-        shuffle_buffer: examples held by the shuffle buffer.
-        jit_compile: compile the train step with XLA. Off by default: on CPU,
-            XLA's embedding-gradient scatter made a step 5-8x slower
-            (measured with TF 2.21 on 2 cores); turn it on for GPUs.
+        shuffle_buffer: examples held by the streaming shuffle buffer (bounds
+            the input pipeline's memory; see ``feedrec.data.train_batches``).
+        jit_compile: compile the train step with XLA: ``True``, ``False`` or
+            ``"auto"`` (the default: on with a GPU, off on CPU). On CPU (TF
+            2.21, 2 cores) XLA made a step slower: its lowering of dropout's
+            random numbers runs single-threaded (see README "Training at
+            scale").
+        mixed_precision: ``"auto"`` (the default: ``"bfloat16"`` with a GPU,
+            ``"off"`` on CPU), ``"bfloat16"`` (bfloat16 compute, float32
+            weights; the saved model is float32) or ``"off"``.
+        sparse_updates: Adam updates only the rows of the item embedding a
+            batch touches ("lazy" Adam: untouched rows keep their moments)
+            instead of the whole table every step. Defaults to True.
+        steps_per_execution: train steps run per call into the compiled
+            function, an integer or ``"auto"`` (the default: 1 on CPU, 32 with
+            a GPU, where a step is short enough for Python to matter).
+        distribute: ``"none"`` (the default: one device), ``"mirrored"``
+            (``tf.distribute.MirroredStrategy`` over all local GPUs) or
+            ``"multi-worker"`` (``MultiWorkerMirroredStrategy``, cluster from
+            the ``TF_CONFIG`` environment variable). ``batch_size`` is global.
+        checkpoint_seconds: seconds between crash-safe checkpoints during an
+            epoch (one is also written at every epoch end); 0 writes one after
+            every execution. Defaults to 300.
     """
 
     epochs: int = 3
@@ -101,13 +122,38 @@ class TrainConfig:
     learning_rate: float = 1e-3
     seed: int = 42
     shuffle_buffer: int = 100_000
-    jit_compile: bool = False
+    jit_compile: bool | str = "auto"
+    mixed_precision: str = "auto"
+    sparse_updates: bool = True
+    steps_per_execution: int | str = "auto"
+    distribute: str = "none"
+    checkpoint_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         _check_positive(self, "epochs", "batch_size", "shuffle_buffer")
         if self.learning_rate <= 0:
             raise ValueError(
                 f"`learning_rate` should be positive. Received: learning_rate={self.learning_rate}"
+            )
+        if self.jit_compile not in (True, False, "auto"):
+            raise ValueError(
+                "`jit_compile` should be true, false or 'auto'. "
+                f"Received: jit_compile={self.jit_compile!r}"
+            )
+        _check_choice(self, "mixed_precision", MIXED_PRECISION)
+        _check_choice(self, "distribute", DISTRIBUTE)
+        if not isinstance(self.sparse_updates, bool):
+            raise ValueError(
+                "`sparse_updates` should be true or false. "
+                f"Received: sparse_updates={self.sparse_updates!r}"
+            )
+        if self.steps_per_execution != "auto":
+            _check_positive(self, "steps_per_execution")
+        seconds = self.checkpoint_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError(
+                "`checkpoint_seconds` should be a non-negative number. "
+                f"Received: checkpoint_seconds={seconds!r}"
             )
 
 

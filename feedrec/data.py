@@ -5,12 +5,26 @@ to the model's ``L`` (keeping the most recent ``L`` clicks when a stored
 history is longer) and candidate lists are right-padded with index ``0`` and
 label ``-1``. The model derives ``history_mask = tf.sequence_mask(history_length, L)``.
 
-This module imports TensorFlow only inside :func:`make_dataset`.
+Two ways in:
+
+* :func:`load_split` reads a whole split into padded arrays (validation,
+  evaluation, notebooks);
+* :func:`train_batches` / :func:`make_train_dataset` *stream* a split for
+  training: Parquet row groups in a seeded order, a bounded shuffle buffer,
+  fixed-size batches. Memory is bounded by the shuffle buffer, whatever the
+  size of the split, and the order of an epoch is a pure function of
+  ``(seed, epoch)``, so a resumed run sees exactly the batches an
+  uninterrupted one would.
+
+This module imports TensorFlow only inside :func:`make_dataset` and
+:func:`make_train_dataset`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +158,273 @@ def _list_lengths(column) -> np.ndarray:
     import pyarrow.compute as pc
 
     return pc.list_value_length(column).to_numpy(zero_copy_only=False)
+
+
+#: The columns the training stream reads (``history_length`` is recomputed
+#: from the kept history).
+TRAIN_COLUMNS = ("history", "candidates", "labels")
+
+
+def split_size(data_dir: str | Path, split: str) -> int:
+    """Number of examples in ``{split}.parquet``, from the Parquet footer (no data read)."""
+    return pq.ParquetFile(split_path(data_dir, split)).metadata.num_rows
+
+
+def candidate_width(data_dir: str | Path, split: str = "train") -> int:
+    """The candidate-list width ``C`` to pad a split to.
+
+    ``manifest.json``'s ``num_negatives`` gives ``1 + K`` (one clicked item and
+    up to K negatives) without reading the data; without it the split's
+    ``candidates`` column is scanned, one row group at a time.
+    """
+    manifest_path = Path(data_dir) / "manifest.json"
+    if manifest_path.exists():
+        negatives = json.loads(manifest_path.read_text(encoding="utf-8")).get("num_negatives")
+        if isinstance(negatives, int) and negatives >= 0:
+            return 1 + negatives
+    parquet = pq.ParquetFile(split_path(data_dir, split))
+    width = 1
+    for chunk in parquet.iter_batches(columns=["candidates"]):
+        width = max(width, int(_list_lengths(chunk.column(0)).max(initial=0)))
+    return width
+
+
+def read_chunks(
+    path: str | Path, *, chunk_rows: int = 8192, rng: np.random.Generator | None = None
+) -> Iterator[pa.Table]:
+    """Stream the training columns of an examples file, ``chunk_rows`` rows at a time.
+
+    Row groups are read in a random order drawn from ``rng`` (file order when
+    ``rng`` is None); within a row group, rows keep their order. The schema
+    is checked against ``pipelines.schema.EXAMPLES`` before anything is read.
+    """
+    path = Path(path)
+    parquet = pq.ParquetFile(path)
+    schema = parquet.schema_arrow
+    validate(schema.empty_table(), EXAMPLES, str(path))
+    groups = np.arange(parquet.metadata.num_row_groups)
+    if rng is not None:
+        groups = rng.permutation(groups)
+    for group in groups:
+        for chunk in parquet.iter_batches(
+            batch_size=chunk_rows, row_groups=[int(group)], columns=list(TRAIN_COLUMNS)
+        ):
+            yield pa.Table.from_batches([chunk])
+
+
+def shuffle_chunks(
+    chunks, buffer_size: int, rng: np.random.Generator | None
+) -> Iterator[dict[str, np.ndarray]]:
+    """A bounded shuffle buffer over chunks of rows (dicts of equal-length arrays).
+
+    The batched analogue of ``tf.data.Dataset.shuffle``: the buffer holds
+    ``buffer_size`` rows; each incoming row takes the place of a buffered row
+    drawn at random, which is emitted. When the input ends the buffer is
+    emitted in a random order. Every row is emitted exactly once and each row
+    is copied O(1) times. ``rng=None`` passes the chunks through unchanged.
+    """
+    if rng is None:
+        yield from chunks
+        return
+    if not isinstance(buffer_size, int) or buffer_size <= 0:
+        raise ValueError(
+            f"`buffer_size` should be a positive integer. Received: buffer_size={buffer_size!r}"
+        )
+    pool: dict[str, np.ndarray] | None = None
+    filled = 0
+    for chunk in chunks:
+        size = len(next(iter(chunk.values())))
+        if pool is None:
+            pool = {k: np.empty((buffer_size, *v.shape[1:]), v.dtype) for k, v in chunk.items()}
+        start = 0
+        if filled < buffer_size:  # fill the buffer first
+            take = min(buffer_size - filled, size)
+            for key, values in chunk.items():
+                pool[key][filled : filled + take] = values[:take]
+            filled, start = filled + take, take
+        while start < size:  # then swap incoming rows for random buffered ones
+            take = min(size - start, buffer_size)
+            slots = rng.choice(buffer_size, size=take, replace=False)
+            yield {key: pool[key][slots] for key in pool}
+            for key, values in chunk.items():
+                pool[key][slots] = values[start : start + take]
+            start += take
+    if pool is not None and filled:
+        order = rng.permutation(filled)
+        yield {key: values[:filled][order] for key, values in pool.items()}
+
+
+def rebatch(chunks, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Regroup chunks of rows into batches of exactly ``batch_size`` rows.
+
+    The last batch is completed with padding rows (history length 0,
+    candidates 0, labels -1) of ``weight`` 0; every real row has weight 1.
+    """
+    pending: list[dict[str, np.ndarray]] = []
+    count = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        count += len(chunk["history"])
+        if count < batch_size:
+            continue
+        merged = {key: np.concatenate([c[key] for c in pending]) for key in pending[0]}
+        full = count - count % batch_size
+        for start in range(0, full, batch_size):
+            yield {key: values[start : start + batch_size] for key, values in merged.items()}
+        pending = [{key: values[full:] for key, values in merged.items()}] if full < count else []
+        count -= full
+    if count:
+        merged = {key: np.concatenate([c[key] for c in pending]) for key in pending[0]}
+        padding = batch_size - count
+        fill = {"labels": PADDING_LABEL, "weight": 0}
+        yield {
+            key: np.concatenate(
+                [values, np.full((padding, *values.shape[1:]), fill.get(key, 0), values.dtype)]
+            )
+            for key, values in merged.items()
+        }
+
+
+def train_batches(
+    path: str | Path,
+    *,
+    history_length: int,
+    num_candidates: int,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    shuffle_buffer: int = 100_000,
+    start_batch: int = 0,
+    chunk_rows: int = 8192,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of padded training batches, streamed from an examples file.
+
+    The order is a pure function of ``(seed, epoch)``: row groups are read in
+    an order drawn from ``numpy.random.default_rng([seed, epoch])`` and rows
+    pass through a shuffle buffer of ``shuffle_buffer`` rows driven by the
+    same generator (:func:`shuffle_chunks`). Every batch has exactly
+    ``batch_size`` rows; the last one of the epoch is padded with rows of
+    ``weight`` 0 (:func:`rebatch`), so all examples are used once per epoch.
+
+    Args:
+        path: an examples Parquet file (``pipelines.schema.EXAMPLES``).
+        history_length: L; longer stored histories keep their most recent L.
+        num_candidates: C; candidate lists are padded to it (never truncated).
+        batch_size: rows per batch.
+        shuffle: shuffle (True) or keep file order.
+        seed: the run's seed.
+        epoch: the epoch number (0-based); each epoch has its own order.
+        shuffle_buffer: rows held by the shuffle buffer (bounds memory).
+        start_batch: skip the first ``start_batch`` batches (resuming).
+        chunk_rows: rows read and padded at a time.
+
+    Yields:
+        dicts with ``history`` int32 ``(batch, L)``, ``history_length`` int32
+        ``(batch,)``, ``candidates`` int32 ``(batch, C)``, ``labels`` float32
+        ``(batch, C)`` and ``weight`` float32 ``(batch,)`` (1 real, 0 padding).
+    """
+    for name, value in (("batch_size", batch_size), ("shuffle_buffer", shuffle_buffer)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"`{name}` should be a positive integer. Received: {name}={value!r}")
+    if not isinstance(start_batch, int) or start_batch < 0:
+        raise ValueError(
+            f"`start_batch` should be a non-negative integer. Received: start_batch={start_batch!r}"
+        )
+    rng = np.random.default_rng([seed, epoch]) if shuffle else None
+
+    def padded():
+        for table in read_chunks(path, chunk_rows=chunk_rows, rng=rng):
+            batch = batch_from_table(table, history_length, num_candidates)
+            yield {
+                "history": batch.history,
+                "history_length": batch.history_length,
+                "candidates": batch.candidates,
+                "labels": batch.labels,
+                "weight": np.ones(len(batch), np.float32),
+            }
+
+    batches = rebatch(shuffle_chunks(padded(), shuffle_buffer, rng), batch_size)
+    for index, batch in enumerate(batches):
+        if index >= start_batch:
+            yield batch
+
+
+def make_train_dataset(
+    path: str | Path,
+    *,
+    history_length: int,
+    num_candidates: int,
+    batch_size: int,
+    replicas: tuple[int, int, int] = (0, 1, 1),
+    **stream_options,
+):
+    """A ``tf.data.Dataset`` over :func:`train_batches`, prefetched.
+
+    Each global batch of ``batch_size`` rows is cut into ``total`` equal
+    per-replica slices; this dataset yields, in order, the slices
+    ``first, ..., first + count - 1`` of every global batch, where
+    ``replicas = (first, count, total)`` (``(0, 1, 1)``: whole batches). So
+    replicas together see exactly the global batches of single-replica
+    training, which keeps distributed and single-device runs equivalent.
+
+    Elements are ``(features, labels, weights)``: ``features`` the model's
+    input dict, ``labels`` float32 ``(b, C)``, ``weights`` float32 ``(b,)``
+    equal to ``1 / (real rows in the global batch)`` for real rows and 0 for
+    padding, so ``sum(loss * weights)`` summed over replicas is the global
+    batch's mean loss.
+
+    Args:
+        path: an examples Parquet file.
+        history_length: L.
+        num_candidates: C.
+        batch_size: the global batch size; must be divisible by ``total``.
+        replicas: ``(first, count, total)`` as above.
+        **stream_options: ``shuffle``, ``seed``, ``epoch``, ``shuffle_buffer``,
+            ``start_batch``, ``chunk_rows`` (see :func:`train_batches`).
+    """
+    import tensorflow as tf
+
+    first, count, total = replicas
+    if total <= 0 or count <= 0 or first < 0 or first + count > total:
+        raise ValueError(
+            "`replicas` should be (first, count, total) with 0 <= first < first + count <= total. "
+            f"Received: replicas={replicas!r}"
+        )
+    if batch_size % total:
+        raise ValueError(
+            f"`batch_size` should be divisible by the number of replicas ({total}). "
+            f"Received: batch_size={batch_size}"
+        )
+    size = batch_size // total
+
+    def generate():
+        for batch in train_batches(
+            path,
+            history_length=history_length,
+            num_candidates=num_candidates,
+            batch_size=batch_size,
+            **stream_options,
+        ):
+            real = batch["weight"].sum()
+            weights = batch["weight"] / np.float32(max(real, 1.0))
+            for replica in range(first, first + count):
+                part = slice(replica * size, (replica + 1) * size)
+                features = {
+                    "history": batch["history"][part],
+                    "history_length": batch["history_length"][part],
+                    "candidates": batch["candidates"][part],
+                }
+                yield features, batch["labels"][part], weights[part]
+
+    signature = (
+        {
+            "history": tf.TensorSpec((size, history_length), tf.int32),
+            "history_length": tf.TensorSpec((size,), tf.int32),
+            "candidates": tf.TensorSpec((size, num_candidates), tf.int32),
+        },
+        tf.TensorSpec((size, num_candidates), tf.float32),
+        tf.TensorSpec((size,), tf.float32),
+    )
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -8,10 +8,20 @@ Layout::
       data.json        where the data came from + its vocabulary sizes
       items.parquet    copy of the item vocabulary (raw id <-> index, features)
       history.json     per-epoch training loss and validation metrics
-      logs/            TensorBoard scalars
+      logs/            TensorBoard event files (train/, validation/)
+      checkpoints/     the last training checkpoint (model + optimizer state)
 
 A run directory appears complete or not at all: it is written under a
 temporary name beside ``RUN_DIR`` and renamed into place at the end.
+
+While training runs, its crash-safe state lives beside it in
+``RUN_DIR.partial/`` (:func:`partial_dir`): ``state.json`` (what is being
+trained), ``checkpoints/`` (written atomically every few minutes and at
+every epoch end), the best epoch's weights and ``logs/``. It lacks
+``model.keras``, so it never passes for a run. Re-running the same
+``feedrec train`` command resumes from it; it is removed once ``RUN_DIR``
+is complete. Workers other than the chief of a multi-worker cluster keep
+theirs in ``RUN_DIR.worker-<index>.partial/``.
 """
 
 from __future__ import annotations
@@ -25,6 +35,19 @@ from pathlib import Path
 from typing import Any
 
 RUN_FILES = ("config.json", "model.keras", "data.json", "items.parquet")
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+
+
+def partial_dir(run_dir: str | Path, worker: int = 0, is_chief: bool = True) -> Path:
+    """Where an unfinished training into ``run_dir`` keeps its state.
+
+    ``RUN_DIR.partial`` for the chief (or a single process), and
+    ``RUN_DIR.worker-<worker>.partial`` for the other workers of a cluster.
+    """
+    run_dir = Path(run_dir)
+    suffix = ".partial" if is_chief else f".worker-{worker}.partial"
+    return run_dir.with_name(run_dir.name + suffix)
 
 
 @contextlib.contextmanager
