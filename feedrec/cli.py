@@ -94,7 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, help="override train.seed")
     train.add_argument("--history-length", type=int, help="override model.history_length")
     train.add_argument("--pooling", help="override model.pooling")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing RUN_DIR")
+    train.add_argument(
+        "--distribute",
+        choices=("none", "mirrored", "multi-worker"),
+        help="override train.distribute: one device, all local GPUs, or a TF_CONFIG cluster",
+    )
+    train.add_argument(
+        "--mixed-precision",
+        choices=("auto", "off", "bfloat16"),
+        help="override train.mixed_precision (auto: bfloat16 with a GPU, off on CPU)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing RUN_DIR (an interrupted run of the same command resumes "
+        "without it)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run on a split of a DATA_DIR")
     evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -167,6 +182,8 @@ def _train(args) -> int:
                 "batch_size": args.batch_size,
                 "learning_rate": args.learning_rate,
                 "seed": args.seed,
+                "distribute": args.distribute,
+                "mixed_precision": args.mixed_precision,
             },
             "model": {"history_length": args.history_length, "pooling": args.pooling},
         },

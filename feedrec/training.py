@@ -48,8 +48,11 @@ from feedrec.runs import CHECKPOINTS, LOGS, atomic_directory, partial_dir, read_
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; training was stopped."""
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite; training was stopped.
+
+    Also a ``ValueError``, so the CLI reports it in one line (exit status 2).
+    """
 
 
 def feature_tables(data_dir: str | Path, names: tuple[str, ...]):
