@@ -258,7 +258,11 @@ def item_vectors(model) -> np.ndarray:
 
 
 def nearest_items(
-    vectors: np.ndarray, queries: Sequence[int], k: int = 5, names: pd.Series | None = None
+    vectors: np.ndarray,
+    queries: Sequence[int],
+    k: int = 5,
+    names: pd.Series | None = None,
+    among: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """The ``k`` items closest to each query by cosine similarity.
 
@@ -272,6 +276,10 @@ def nearest_items(
         k: int. Neighbours per query. Defaults to 5.
         names: pd.Series or None. Item index -> name (e.g. ``item_labels(...)["label"]``);
             adds ``query_name`` and ``item_name`` columns. Defaults to None.
+        among: item indices or None. The only items that may be neighbours,
+            e.g. those seen in training (``count > 0``): items known only
+            from metadata share one ID vector, so same-category ones tie.
+            Defaults to None (every real item).
 
     Returns:
         One row per (query, neighbour): ``query``, ``rank`` (1 = closest),
@@ -291,13 +299,26 @@ def nearest_items(
             f"`queries` should be item indices in [{FIRST_ITEM_INDEX}, {num_items}). "
             f"Received: queries={queries!r}"
         )
+    allowed = np.ones(num_items, dtype=bool)
+    if among is not None:
+        among = np.asarray(among, dtype=np.int64).reshape(-1)
+        if ((among < 0) | (among >= num_items)).any():
+            raise ValueError(
+                f"`among` should hold item indices in [0, {num_items}). "
+                f"Received: among={among.tolist()!r}"
+            )
+        allowed[:] = False
+        allowed[among] = True
+    allowed[[PADDING_INDEX, OOV_INDEX]] = False
     norms = np.linalg.norm(vectors, axis=1)
     unit = vectors / np.where(norms > 0, norms, 1.0)[:, None]
     rows = []
     for query in queries:
         similarity = unit @ unit[query]
-        similarity[[PADDING_INDEX, OOV_INDEX, query]] = -np.inf
-        order = np.argsort(-similarity, kind="stable")[: min(k, num_items - 3)]
+        candidates = allowed.copy()
+        candidates[query] = False
+        similarity[~candidates] = -np.inf
+        order = np.argsort(-similarity, kind="stable")[: min(k, int(candidates.sum()))]
         for rank, item in enumerate(order, start=1):
             rows.append(
                 {

@@ -255,7 +255,7 @@ def plot_attention(user_attention, item_names=None, layer: int = 0, title: str |
     side = 5.5 if named else 4.5
     fig, axes = plt.subplot_mosaic(
         [[f"head{h}" for h in range(columns)], ["pooling"] * columns],
-        figsize=(side * columns + 1.0, side + (4.2 if named else 2.4)),
+        figsize=(side * columns + 1.0, side + (3.0 if named else 1.8)),
         height_ratios=[side, 1.2],
         layout="constrained",
     )

@@ -262,6 +262,9 @@ def test_nearest_items_by_hand():
     second = table[table["query"] == 4]
     # Items 2, 5 and 6 are orthogonal to 4 and tie at 0: lower indices come first.
     assert second["item"].tolist() == [3, 2, 5]
+    among = explore.nearest_items(vectors, [2], k=5, among=[3, 5, 2])
+    # Only the allowed items, the query itself excluded: fewer than k.
+    assert among["item"].tolist() == [3, 5]
     names = pd.Series({index: f"item {index}" for index in range(7)})
     named = explore.nearest_items(vectors, [2], k=2, names=names)
     assert named["query_name"].tolist() == ["item 2", "item 2"]
@@ -281,6 +284,8 @@ def test_nearest_items_by_hand():
 def test_nearest_items_checks_arguments(vectors, queries, k, message):
     with pytest.raises(ValueError, match=message):
         explore.nearest_items(vectors, queries, k=k)
+    with pytest.raises(ValueError, match=r"Received: among=\[2, 9\]"):
+        explore.nearest_items(np.ones((5, 2)), [2], among=[2, 9])
 
 
 # --------------------------------------------------------------------------- scores
