@@ -108,7 +108,7 @@ from pipelines.vocab import Vocabulary, check_min_count, items_table
 logger = logging.getLogger(__name__)
 
 FORMATS = ("mind", "events", "globo", "sequences")
-ENGINES = ("local",)
+ENGINES = ("local", "spark")
 #: Formats whose input files can be read one at a time (no state across files).
 STREAMABLE_FORMATS = ("events", "globo")
 #: Reader options forwarded as keyword arguments when set.
@@ -140,7 +140,8 @@ class PrepareOptions:
     """Every option of ``feedrec prepare`` (the CLI flags and the ``[prepare]`` config table).
 
     Attributes:
-        engine: ``"local"`` (pyarrow + NumPy). Defaults to ``"local"``.
+        engine: ``"local"`` (pyarrow + NumPy) or ``"spark"`` (PySpark, the
+            ``spark`` extra: ``pipelines.spark``; same output). Defaults to ``"local"``.
         history_length: L, the most recent clicks kept per history. Defaults to 50.
         negatives: K, negatives per click example (and per training click of an
             impression log). Defaults to 4.
@@ -311,6 +312,12 @@ def prepare(
     """
     started = time.perf_counter()
     options = options or PrepareOptions()
+    if options.engine == "spark":
+        if reader is not None:
+            raise ValueError("a custom `reader` runs on the local engine only; engine='spark'")
+        from pipelines.spark import prepare as prepare_on_spark  # PySpark only when asked for
+
+        return prepare_on_spark(format, inputs, out_dir, options=options, progress=progress)
     if format not in FORMATS and reader is None:
         raise ValueError(f"`format` should be one of {FORMATS}. Received: format={format!r}")
     inputs = [Path(p) for p in inputs]
@@ -616,29 +623,16 @@ class _Job:
             del self.rejected[MIN_ITEM_INTERACTIONS_REASON]
 
         self.bar.stage("vocabulary")
-        vocab = Vocabulary.from_counts(ctx.items, counts, min_count=options.min_count)
-        ctx.num_id_items = vocab.size
         metadata = (
             pa.concat_tables(self.metadata, promote_options="permissive") if self.metadata else None
         )
-        if metadata is not None:  # items with features but no ID embedding (see vocab.py)
-            extra = vocab.missing(metadata.column("item_id"))
-            extra_codes = _codes(pc.index_in(extra, ctx.items))
-            vocab = vocab.extended(extra, np.where(extra_codes >= 0, counts[extra_codes], 0))
-        ctx.code_to_index = vocab.lookup(ctx.items)
+        vocab, ctx.num_id_items, ctx.code_to_index, items, features = build_vocabulary(
+            ctx.items, counts, clicks, first_seen, metadata, min_count=options.min_count
+        )
         ctx.item_hashes = hash_strings(ctx.items)
         if not ctx.has_impressions:
             ctx.sampler = activity.build()
         del activity
-        vocab_codes = _codes(pc.index_in(vocab.item_ids, ctx.items))
-        in_log = vocab_codes >= 0
-        codes = np.maximum(vocab_codes, 0)
-        items, features = items_table(
-            vocab,
-            first_seen=np.where(in_log, first_seen[codes], np.iinfo(np.int64).max),
-            clicks=np.where(in_log, clicks[codes], 0),
-            metadata=metadata,
-        )
         pq.write_table(items, self.out / "items.parquet")
         (self.out / "features").mkdir()
         for name, table in features.items():
@@ -762,6 +756,48 @@ class _Job:
             },
         }
         return manifest
+
+
+def build_vocabulary(
+    items: pa.Array,
+    counts: np.ndarray,
+    clicks: np.ndarray,
+    first_seen: np.ndarray,
+    metadata: pa.Table | None,
+    *,
+    min_count: int = 1,
+) -> tuple[Vocabulary, int, np.ndarray, pa.Table, dict[str, pa.Table]]:
+    """The item vocabulary and ``items.parquet`` from per-item training counts (every engine).
+
+    Args:
+        items: the sorted raw item ids; an item's code is its position.
+        counts, clicks, first_seen: int64 arrays per item code: the vocabulary
+            count and the clicks over the training split, the first event time.
+        metadata: the readers' item metadata (MIND ``news.tsv``), or None.
+        min_count: int. Defaults to 1.
+
+    Returns:
+        ``(vocab, num_id_items, code_to_index, items, features)``: items known
+        only from metadata come after the ``num_id_items`` ID items;
+        ``code_to_index`` maps item codes to vocabulary indices.
+    """
+    vocab = Vocabulary.from_counts(items, counts, min_count=min_count)
+    num_id_items = vocab.size
+    if metadata is not None:  # items with features but no ID embedding (see vocab.py)
+        extra = vocab.missing(metadata.column("item_id"))
+        extra_codes = _codes(pc.index_in(extra, items))
+        vocab = vocab.extended(extra, np.where(extra_codes >= 0, counts[extra_codes], 0))
+    code_to_index = vocab.lookup(items)
+    vocab_codes = _codes(pc.index_in(vocab.item_ids, items))
+    in_log = vocab_codes >= 0
+    codes = np.maximum(vocab_codes, 0)
+    table, features = items_table(
+        vocab,
+        first_seen=np.where(in_log, first_seen[codes], np.iinfo(np.int64).max),
+        clicks=np.where(in_log, clicks[codes], 0),
+        metadata=metadata,
+    )
+    return vocab, num_id_items, code_to_index, table, features
 
 
 def _ordered_map(pool, function, items, ahead: int):

@@ -517,7 +517,7 @@ def test_an_empty_output_directory_is_fine(tmp_path, log_file):
         ({"min_count": 0}, "min_count=0"),
         ({"negative_sampling": "hard"}, "negative_sampling='hard'"),
         ({"negative_window": "soon"}, "negative_window='soon'"),
-        ({"engine": "spark"}, "engine='spark'"),
+        ({"engine": "dask"}, "engine='dask'"),
         ({"workers": 0}, "workers=0"),
     ],
 )
