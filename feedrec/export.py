@@ -174,17 +174,21 @@ class ServingModule(tf.Module):
         return tf.where(tf.equal(ids, ""), tf.constant(PADDING_INDEX, tf.int32), index)
 
     def truncate(self, history):
-        """Raw histories ``(batch, history_len)`` -> ``(indices, lengths)``.
+        """History indices ``(batch, history_len)`` -> ``(indices, lengths)``.
 
-        ``indices`` int32 ``(batch, T)`` holds each row's most recent
-        ``min(clicks, L)`` clicks, left-aligned, oldest first, padded with 0;
-        ``T`` is ``L`` with XLA, else ``max(1, longest kept row)``.
-        ``lengths`` int32 ``(batch,)``. ``""`` entries are skipped wherever
-        they are.
+        Args:
+            history: int32 ``(batch, history_len)`` from :meth:`lookup`, 0 for
+                padding wherever it sits.
+
+        Returns:
+            ``indices`` int32 ``(batch, T)``: each row's most recent
+            ``min(clicks, L)`` clicks, left-aligned, oldest first, padded with
+            0, where ``T`` is ``L`` with XLA, else ``max(1, longest kept
+            row)``; and ``lengths`` int32 ``(batch,)``.
         """
-        real = tf.not_equal(history, "")
-        rank = tf.cumsum(tf.cast(real, tf.int32), axis=1)  # 1-based rank of each click
-        lengths = tf.reduce_sum(tf.cast(real, tf.int32), axis=1)
+        real = tf.cast(tf.not_equal(history, PADDING_INDEX), tf.int32)
+        rank = tf.cumsum(real, axis=1)  # 1-based rank of each click in its row
+        lengths = tf.reduce_sum(real, axis=1)
         kept = tf.minimum(lengths, self.history_length)
         if self.jit_compile:
             width = tf.constant(self.history_length)
@@ -193,8 +197,8 @@ class ServingModule(tf.Module):
         slots = tf.range(width)
         wanted = (lengths - kept)[:, None] + slots[None, :] + 1  # the rank each slot holds
         column = tf.searchsorted(rank, wanted, side="left")  # in [0, history_len]
-        indices = tf.pad(self.lookup(history), [[0, 0], [0, 1]])  # column history_len: 0
-        gathered = tf.gather(indices, column, batch_dims=1)
+        padded = tf.pad(history, [[0, 0], [0, 1]])  # column history_len holds 0
+        gathered = tf.gather(padded, column, batch_dims=1)
         valid = tf.sequence_mask(kept, width)
         return tf.where(valid, gathered, tf.zeros_like(gathered)), kept
 
@@ -202,11 +206,12 @@ class ServingModule(tf.Module):
         """``fn``, compiled with XLA when ``jit_compile`` (built while tracing, not tracked)."""
         return tf.function(fn, jit_compile=True, autograph=False) if self.jit_compile else fn
 
-    def _user_vectors(self, indices, lengths):
+    def _user_vectors(self, history):
+        indices, lengths = self.truncate(history)
         return self._encode_user(tf.gather(self.item_vectors, indices), lengths)
 
-    def _scores(self, indices, lengths, candidates):
-        user = self._user_vectors(indices, lengths)
+    def _scores(self, history, candidates):
+        user = self._user_vectors(history)
         items = tf.gather(self.item_vectors, candidates)
         return tf.cast(tf.einsum("bd,bcd->bc", user, items), tf.float32)
 
@@ -225,14 +230,14 @@ class ServingModule(tf.Module):
             message="`history` and `candidates` should have the same batch size",
         )
         with tf.control_dependencies([check]):
-            indices, lengths = self.truncate(history)
-        scores = self._numeric(self._scores)(indices, lengths, self.lookup(candidates))
+            history = self.lookup(history)
+        scores = self._numeric(self._scores)(history, self.lookup(candidates))
         return {"scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def user_embedding(self, history):
         history = _ensure_shape(history, [None, None], "history")
-        vectors = self._numeric(self._user_vectors)(*self.truncate(history))
+        vectors = self._numeric(self._user_vectors)(self.lookup(history))
         return {"user_embedding": tf.cast(vectors, tf.float32)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="items")])
@@ -289,6 +294,7 @@ def export_model(
     export_base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=_TEMPORARY_PREFIX, dir=export_base))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's 0o700 would hide the version from others
         with tempfile.TemporaryDirectory() as scratch:
             vocabulary = write_item_vocabulary(item_ids, Path(scratch) / ITEMS_ASSET)
             module = ServingModule(
@@ -309,6 +315,12 @@ def export_model(
         sizes["assets"] / 1e6,
     )
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _rename_to_next_version(tmp: Path, export_base: Path) -> Path:

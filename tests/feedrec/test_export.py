@@ -215,6 +215,9 @@ def test_versions_and_interrupted_exports(model, tmp_path, monkeypatch):
     base = tmp_path / "base"
     first = export.export_model(model, ITEM_IDS, base)
     assert first == base / "1"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert first.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0o700
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
 
     def save_then_fail(module, path):

@@ -1,0 +1,237 @@
+"""Benchmark ``serving_default`` through a reloaded SavedModel, on CPU.
+
+Figures (one JSON line each on stdout):
+
+* ``latency``: 1 user x 100 candidates, one request at a time: p50/p99 in ms
+  (target: p50 <= 1 ms on 2 cores).
+* ``throughput``: batches of 256 users x 100 candidates sent back to back by
+  1, then 2 concurrent clients (``--concurrency``; TF Serving serves
+  concurrent requests): users/s over the wall time (target: >= 20,000
+  users/s on 2 cores).
+* ``floor``: ``item_embedding`` of 1 item, the cost of calling a signature
+  at all (Python call, string lookup, one gather): what no model change can
+  remove.
+
+Each figure is measured ``--repeats`` times; every repetition is one line
+(``"repeat": i``) and a ``"summary"`` line gives the median of the
+repetitions and the best one. Lines carry the 1-minute load average and the
+process CPU time per call, since the machine may be shared: wall time over
+CPU time above 1 means the process waited for a core.
+
+The export is made from a model with the default architecture
+(``feedrec.config.ModelConfig()``: L=50, dim 64, 1 block, 2 heads, attention
+pooling, category and subcategory features) and ``--items`` random items,
+or from a trained run with ``--run``. Weights do not change the cost. The
+measurement runs in a fresh process that loads the SavedModel with
+``tf.saved_model.load`` (feedrec is not imported there) and calls the
+signature's concrete function with pre-built tensors. Requests use full
+histories of L known clicks (the worst case: no padded slot is skipped).
+
+Usage::
+
+    python benchmarks/serving.py                     # default export, then XLA export
+    python benchmarks/serving.py --variants default --repeats 5 --cpus 0,1
+    python benchmarks/serving.py --run runs/mind     # a trained run's export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = r"""
+import json, os, sys, time
+import numpy as np
+import tensorflow as tf
+
+args = json.loads(sys.argv[1])
+if args["intra_op"]:
+    tf.config.threading.set_intra_op_parallelism_threads(args["intra_op"])
+if args["inter_op"]:
+    tf.config.threading.set_inter_op_parallelism_threads(args["inter_op"])
+serving = tf.saved_model.load(args["export"])
+assert "feedrec" not in sys.modules
+items = [line.split("\t", 1)[0]
+         for line in open(os.path.join(args["export"], "assets", "items.tsv"))]
+rng = np.random.default_rng(0)
+
+def request(users):
+    pick = lambda n: np.array(items, dtype=object)[rng.integers(0, len(items), (users, n))]
+    return {"history": tf.constant(pick(args["history"])),
+            "candidates": tf.constant(pick(args["candidates"]))}
+
+def measure(fn, inputs, calls, warmup):
+    for _ in range(warmup):
+        fn(**inputs)
+    wall = np.empty(calls)
+    cpu = time.process_time()
+    for i in range(calls):
+        start = time.perf_counter()
+        fn(**inputs)
+        wall[i] = time.perf_counter() - start
+    return wall, (time.process_time() - cpu) / calls
+
+def throughput(fn, inputs, calls, threads):
+    # users/s with `threads` clients, each sending `calls` batches back to back
+    from concurrent.futures import ThreadPoolExecutor
+
+    for _ in range(3):
+        fn(**inputs)
+
+    def client(_):
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn(**inputs)
+            times.append(time.perf_counter() - start)
+        return times
+
+    cpu = time.process_time()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        times = [t for ts in pool.map(client, range(threads)) for t in ts]
+    wall = time.perf_counter() - start
+    users = len(times) * inputs["history"].shape[0]
+    return users / wall, np.median(times) * 1e3, (time.process_time() - cpu) / len(times)
+
+def emit(line):
+    line.update(export=args["name"], load_avg_1m=round(os.getloadavg()[0], 2))
+    print(json.dumps(line), flush=True)
+
+serve = serving.signatures["serving_default"]
+item_embedding = serving.signatures["item_embedding"]
+one = request(1)
+batch = request(args["batch"])
+floor_input = {"items": tf.constant([items[0]])}
+results = {"latency": [], "floor": [], **{f"throughput_x{n}": [] for n in args["concurrency"]}}
+for repeat in range(args["repeats"]):
+    wall, cpu = measure(item_embedding, floor_input, args["calls"], 100)
+    results["floor"].append(np.percentile(wall, 50) * 1e3)
+    emit({"figure": "floor", "repeat": repeat, "p50_ms": round(results["floor"][-1], 4),
+          "cpu_ms_per_call": round(cpu * 1e3, 4)})
+
+    wall, cpu = measure(serve, one, args["calls"], 100)
+    p50, p99 = np.percentile(wall, [50, 99]) * 1e3
+    results["latency"].append(p50)
+    emit({"figure": "latency", "repeat": repeat, "users": 1,
+          "candidates": args["candidates"], "history": args["history"],
+          "p50_ms": round(p50, 4), "p99_ms": round(p99, 4),
+          "cpu_ms_per_call": round(cpu * 1e3, 4)})
+
+    for threads in args["concurrency"]:
+        users_per_s, batch_ms, cpu = throughput(serve, batch, args["batch_calls"], threads)
+        results[f"throughput_x{threads}"].append(users_per_s)
+        emit({"figure": "throughput", "repeat": repeat, "users": args["batch"],
+              "candidates": args["candidates"], "history": args["history"],
+              "concurrent_requests": threads, "batch_ms_p50": round(batch_ms, 3),
+              "users_per_s": round(users_per_s), "cpu_ms_per_batch": round(cpu * 1e3, 3)})
+
+for figure, values in results.items():
+    high = figure.startswith("throughput")
+    best = max(values) if high else min(values)
+    unit = "users_per_s" if high else "p50_ms"
+    name, _, threads = figure.partition("_x")
+    extra = {"concurrent_requests": int(threads)} if threads else {}
+    emit({"figure": name, **extra, "summary": True, "repeats": len(values),
+          f"median_{unit}": round(float(np.median(values)), 4),
+          f"best_{unit}": round(float(best), 4)})
+"""
+
+
+def make_exports(variants: list[str], num_items: int, run: Path | None, out: Path) -> dict:
+    """Export the benchmark model once per variant; returns ``{variant: version_dir}``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import numpy as np
+
+    from feedrec.export import export_model, export_run, export_size
+
+    paths = {}
+    model = item_ids = None
+    if run is None:
+        from feedrec.config import ModelConfig
+        from feedrec.models.recommender import build_model
+
+        rng = np.random.default_rng(0)
+        sizes = {"category": 20, "subcategory": 200}
+        tables = {
+            name: rng.integers(0, size, num_items).astype("int32") for name, size in sizes.items()
+        }
+        model = build_model(ModelConfig(), num_items, tables, sizes)
+        item_ids = ["", "<oov>"] + [f"N{index}" for index in range(2, num_items)]
+    for variant in variants:
+        jit = variant == "xla"
+        if run is None:
+            path = export_model(model, item_ids, out / variant, jit_compile=jit)
+        else:
+            path = export_run(run, out / variant, jit_compile=jit)
+        sizes = export_size(path)
+        print(
+            json.dumps({"figure": "export_size", "export": variant, **sizes}),
+            flush=True,
+        )
+        paths[variant] = path
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--variants", nargs="+", choices=("default", "xla"), default=["default", "xla"]
+    )
+    parser.add_argument("--run", type=Path, help="export this trained run instead")
+    parser.add_argument("--items", type=int, default=50_000, help="items of the random model")
+    parser.add_argument("--history", type=int, default=50, help="clicks per request history")
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=1000, help="1-user calls per repetition")
+    parser.add_argument(
+        "--batch-calls", type=int, default=30, help="batches per client per repetition"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="concurrent batch requests (a server's clients), one figure each",
+    )
+    parser.add_argument("--intra-op", type=int, default=0, help="TF intra-op threads (0: TF's)")
+    parser.add_argument("--inter-op", type=int, default=0, help="TF inter-op threads (0: TF's)")
+    parser.add_argument("--cpus", help="pin the measuring process with taskset, e.g. 0,1")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="feedrec-serving-") as tmp:
+        paths = make_exports(args.variants, args.items, args.run, Path(tmp))
+        for variant, path in paths.items():
+            child = {
+                "export": str(path),
+                "name": variant,
+                "history": args.history,
+                "candidates": args.candidates,
+                "batch": args.batch,
+                "repeats": args.repeats,
+                "calls": args.calls,
+                "batch_calls": args.batch_calls,
+                "concurrency": args.concurrency,
+                "intra_op": args.intra_op,
+                "inter_op": args.inter_op,
+            }
+            command = [sys.executable, "-c", CHILD, json.dumps(child)]
+            if args.cpus:
+                command = ["taskset", "-c", args.cpus, *command]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            result = subprocess.run(command, env=env, cwd=tmp, stdout=sys.stdout)
+            if result.returncode:
+                return result.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
