@@ -224,8 +224,12 @@ def child_feedrec(options: dict) -> dict:
     from feedrec.distribute import has_gpu, make_strategy
     from feedrec.models import build_model
     from feedrec.tasks import build_loss
-    from feedrec.training import build_optimizer, dtype_policy, make_train_function
-    from feedrec.training import resolve_settings
+    from feedrec.training import (
+        build_optimizer,
+        dtype_policy,
+        make_train_function,
+        resolve_settings,
+    )
 
     shape, batch_size = options["shape"], options["batch_size"]
     train_config = TrainConfig(
@@ -344,13 +348,19 @@ def child_input(options: dict) -> dict:
                 batch_size=batch_size,
                 seed=0,
                 epoch=repeat,
+                parallel_reads=options["parallel_reads"],
             )
             wall, cpu = time.perf_counter(), time.process_time()
             consume(iter(dataset), tf.constant(steps)).numpy()
             if repeat:  # the first pass traces the function
                 walls.append((time.perf_counter() - wall) / steps)
                 cpus.append((time.process_time() - cpu) / steps)
-    return {"model": "input", "walls": walls, "cpus": cpus, "rows": options["input_rows"]}
+    return {
+        "model": "input",
+        "parallel_reads": options["parallel_reads"],
+        "walls": walls,
+        "cpus": cpus,
+    }
 
 
 def child_peak(options: dict) -> dict:
@@ -379,7 +389,12 @@ def child_peak(options: dict) -> dict:
     return {"tflops": 2 * size**3 * repeat / best / 1e12, "dtype": dtype.name}
 
 
-CHILDREN = {"keras": child_keras, "feedrec": child_feedrec, "input": child_input, "peak": child_peak}
+CHILDREN = {
+    "keras": child_keras,
+    "feedrec": child_feedrec,
+    "input": child_input,
+    "peak": child_peak,
+}
 
 
 def run_child(options: dict) -> dict:
@@ -392,7 +407,9 @@ def run_child(options: dict) -> dict:
     process = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     lines = [line for line in process.stdout.splitlines() if line.startswith("{")]
     if process.returncode or not lines:
-        raise RuntimeError(f"{options['kind']} failed ({process.returncode}): {process.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{options['kind']} failed ({process.returncode}): {process.stderr[-3000:]}"
+        )
     result = json.loads(lines[-1])
     result["peak_memory_mb"] = result.get("peak_memory_mb")
     return result
@@ -425,7 +442,11 @@ def plan(args) -> list[tuple[str, dict]]:
             "sparse_updates": True,
             "batch_size": args.large_batch,
         },
-        "input": {"kind": "input", "input_rows": args.input_rows},
+        "input": {
+            "kind": "input",
+            "input_rows": args.input_rows,
+            "parallel_reads": args.parallel_reads,
+        },
     }
     return [(name, {**common, **table[name]}) for name in args.configs]
 
@@ -439,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
     parser.add_argument("--steps", type=int, default=5, help="steps per repetition")
     parser.add_argument("--input-rows", type=int, default=50_000)
+    parser.add_argument("--parallel-reads", type=int, default=1, help="readers for `input`")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -464,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "train_throughput",
             "config": name,
             "device": args.device,
-            **{k: v for k, v in result.items() if k not in ("rows",)},
+            **result,
             "batch_size": batch,
             "examples_per_s": round(batch / step, 1),
             "step_ms": round(step * 1000, 2),

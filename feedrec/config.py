@@ -115,6 +115,10 @@ class TrainConfig:
         checkpoint_seconds: seconds between crash-safe checkpoints during an
             epoch (one is also written at every epoch end); 0 writes one after
             every execution. Defaults to 300.
+        parallel_reads: readers of ``train.parquet`` working in parallel, each
+            on a share of the row groups (``feedrec.data.make_train_dataset``).
+            The epoch order depends on it. Defaults to 1; raise it on GPU hosts
+            where one reader cannot keep up.
     """
 
     epochs: int = 3
@@ -128,9 +132,10 @@ class TrainConfig:
     steps_per_execution: int | str = "auto"
     distribute: str = "none"
     checkpoint_seconds: float = 300.0
+    parallel_reads: int = 1
 
     def __post_init__(self) -> None:
-        _check_positive(self, "epochs", "batch_size", "shuffle_buffer")
+        _check_positive(self, "epochs", "batch_size", "shuffle_buffer", "parallel_reads")
         if self.learning_rate <= 0:
             raise ValueError(
                 f"`learning_rate` should be positive. Received: learning_rate={self.learning_rate}"

@@ -189,27 +189,28 @@ def candidate_width(data_dir: str | Path, split: str = "train") -> int:
     return width
 
 
-def read_chunks(
-    path: str | Path, *, chunk_rows: int = 8192, rng: np.random.Generator | None = None
-) -> Iterator[pa.Table]:
+def read_chunks(path: str | Path, *, chunk_rows: int = 8192, row_groups=None) -> Iterator[pa.Table]:
     """Stream the training columns of an examples file, ``chunk_rows`` rows at a time.
 
-    Row groups are read in a random order drawn from ``rng`` (file order when
-    ``rng`` is None); within a row group, rows keep their order. The schema
-    is checked against ``pipelines.schema.EXAMPLES`` before anything is read.
+    Reads the row groups ``row_groups`` in that order (all, in file order, by
+    default); within a row group, rows keep their order. The schema is
+    checked against ``pipelines.schema.EXAMPLES`` before anything is read.
     """
     path = Path(path)
     parquet = pq.ParquetFile(path)
     schema = parquet.schema_arrow
     validate(schema.empty_table(), EXAMPLES, str(path))
-    groups = np.arange(parquet.metadata.num_row_groups)
-    if rng is not None:
-        groups = rng.permutation(groups)
-    for group in groups:
+    if row_groups is None:
+        row_groups = range(parquet.metadata.num_row_groups)
+    for group in row_groups:
         for chunk in parquet.iter_batches(
             batch_size=chunk_rows, row_groups=[int(group)], columns=list(TRAIN_COLUMNS)
         ):
             yield pa.Table.from_batches([chunk])
+
+
+def row_group_count(path: str | Path) -> int:
+    return pq.ParquetFile(path).metadata.num_row_groups
 
 
 def shuffle_chunks(
@@ -297,6 +298,7 @@ def train_batches(
     shuffle_buffer: int = 100_000,
     start_batch: int = 0,
     chunk_rows: int = 8192,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, np.ndarray]]:
     """One epoch of padded training batches, streamed from an examples file.
 
@@ -306,6 +308,11 @@ def train_batches(
     same generator (:func:`shuffle_chunks`). Every batch has exactly
     ``batch_size`` rows; the last one of the epoch is padded with rows of
     ``weight`` 0 (:func:`rebatch`), so all examples are used once per epoch.
+
+    With ``shard=(index, count)`` only every ``count``-th row group of that
+    order is read, starting at ``index``, through its own shuffle buffer
+    (seeded by ``(seed, epoch, index)``): the shards of one epoch together
+    hold every example once (for parallel readers).
 
     Args:
         path: an examples Parquet file (``pipelines.schema.EXAMPLES``).
@@ -318,6 +325,7 @@ def train_batches(
         shuffle_buffer: rows held by the shuffle buffer (bounds memory).
         start_batch: skip the first ``start_batch`` batches (resuming).
         chunk_rows: rows read and padded at a time.
+        shard: ``(index, count)``, see above. Defaults to ``(0, 1)``: all.
 
     Yields:
         dicts with ``history`` int32 ``(batch, L)``, ``history_length`` int32
@@ -331,10 +339,20 @@ def train_batches(
         raise ValueError(
             f"`start_batch` should be a non-negative integer. Received: start_batch={start_batch!r}"
         )
-    rng = np.random.default_rng([seed, epoch]) if shuffle else None
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"`shard` should be (index, count), 0 <= index < count. Received: {shard}")
+    groups = np.arange(row_group_count(path))
+    rng = None
+    if shuffle:
+        rng = np.random.default_rng([seed, epoch])
+        groups = rng.permutation(groups)
+        if count > 1:
+            rng = np.random.default_rng([seed, epoch, index])
+    groups = groups[index::count]
 
     def padded():
-        for table in read_chunks(path, chunk_rows=chunk_rows, rng=rng):
+        for table in read_chunks(path, chunk_rows=chunk_rows, row_groups=groups):
             batch = batch_from_table(table, history_length, num_candidates)
             yield {
                 "history": batch.history,
@@ -357,6 +375,7 @@ def make_train_dataset(
     num_candidates: int,
     batch_size: int,
     replicas: tuple[int, int, int] = (0, 1, 1),
+    parallel_reads: int = 1,
     **stream_options,
 ):
     """A ``tf.data.Dataset`` over :func:`train_batches`, prefetched.
@@ -380,6 +399,11 @@ def make_train_dataset(
         num_candidates: C.
         batch_size: the global batch size; must be divisible by ``total``.
         replicas: ``(first, count, total)`` as above.
+        parallel_reads: readers working in parallel, each on every
+            ``parallel_reads``-th row group (``train_batches(shard=...)``) with
+            ``shuffle_buffer / parallel_reads`` rows of buffer; their batches
+            are interleaved in a fixed order, so the epoch is still a pure
+            function of ``(seed, epoch, parallel_reads)``. Defaults to 1.
         **stream_options: ``shuffle``, ``seed``, ``epoch``, ``shuffle_buffer``,
             ``start_batch``, ``chunk_rows`` (see :func:`train_batches`).
     """
@@ -396,14 +420,25 @@ def make_train_dataset(
             f"`batch_size` should be divisible by the number of replicas ({total}). "
             f"Received: batch_size={batch_size}"
         )
+    if not isinstance(parallel_reads, int) or parallel_reads <= 0:
+        raise ValueError(
+            "`parallel_reads` should be a positive integer. "
+            f"Received: parallel_reads={parallel_reads!r}"
+        )
     size = batch_size // total
+    start_batch = stream_options.pop("start_batch", 0)
+    if parallel_reads > 1:
+        buffer = stream_options.get("shuffle_buffer", 100_000)
+        stream_options["shuffle_buffer"] = max(1, buffer // parallel_reads)
 
-    def generate():
+    def generate(shard=0, start=start_batch):
         for batch in train_batches(
             path,
             history_length=history_length,
             num_candidates=num_candidates,
             batch_size=batch_size,
+            shard=(int(shard), parallel_reads),
+            start_batch=int(start),
             **stream_options,
         ):
             real = batch["weight"].sum()
@@ -426,5 +461,17 @@ def make_train_dataset(
         tf.TensorSpec((size, num_candidates), tf.float32),
         tf.TensorSpec((size,), tf.float32),
     )
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if parallel_reads == 1:
+        dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    else:  # shards interleaved a global batch (``count`` slices) at a time
+        dataset = tf.data.Dataset.range(parallel_reads).interleave(
+            lambda shard: tf.data.Dataset.from_generator(
+                generate, output_signature=signature, args=(shard, 0)
+            ),
+            cycle_length=parallel_reads,
+            block_length=count,
+            num_parallel_calls=parallel_reads,
+            deterministic=True,
+        )
+        dataset = dataset.skip(start_batch * count)
     return dataset.prefetch(tf.data.AUTOTUNE)

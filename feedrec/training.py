@@ -539,6 +539,7 @@ def train(
                 num_candidates=num_candidates,
                 batch_size=batch_size,
                 replicas=replica_slices(input_context),
+                parallel_reads=train_config.parallel_reads,
                 shuffle=True,
                 seed=train_config.seed,
                 epoch=epoch,

@@ -227,3 +227,22 @@ def test_candidate_width_from_manifest_or_data(tmp_path):
     (tmp_path / "manifest.json").write_text('{"num_negatives": 4}')
     assert candidate_width(tmp_path) == 5
     assert split_size(tmp_path, "train") == 7
+
+
+def test_parallel_reads_cover_the_epoch_in_a_fixed_order(examples_file):
+    options = {"history_length": 4, "num_candidates": 3, "batch_size": 8, "seed": 2}
+
+    def ids(**more):
+        dataset = make_train_dataset(examples_file, parallel_reads=3, **options, **more)
+        rows = []
+        for features, _, weights in dataset.as_numpy_iterator():
+            batch = {**features, "weight": weights}
+            rows.append(row_ids(batch))
+        return rows
+
+    batches = ids()
+    assert sorted(i for batch in batches for i in batch) == list(range(50))
+    assert ids() == batches
+    assert ids(start_batch=2) == batches[2:]
+    with pytest.raises(ValueError, match="parallel_reads=0"):
+        make_train_dataset(examples_file, parallel_reads=0, **options)
