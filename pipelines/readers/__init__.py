@@ -18,11 +18,11 @@ TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pipelines.readers import events, globo, mind, sequences
-from pipelines.readers.base import BadRowError, OnBadRows, ReadResult, Rejections
+from pipelines.readers.base import BadRowError, OnBadRows, ReadResult, Rejections, combine
 
 READERS = {
     "mind": mind.read,
@@ -31,7 +31,24 @@ READERS = {
     "sequences": sequences.read,
 }
 
-__all__ = ["READERS", "BadRowError", "OnBadRows", "ReadResult", "Rejections", "read"]
+#: ``read_batches`` of the formats that stream (one ``ReadResult`` per batch);
+#: the others are read whole (see :func:`read_batches`).
+BATCH_READERS = {
+    "events": events.read_batches,
+    "globo": globo.read_batches,
+}
+
+__all__ = [
+    "BATCH_READERS",
+    "READERS",
+    "BadRowError",
+    "OnBadRows",
+    "ReadResult",
+    "Rejections",
+    "combine",
+    "read",
+    "read_batches",
+]
 
 
 def read(format: str, inputs: str | Path | Sequence[str | Path], **options) -> ReadResult:
@@ -49,3 +66,45 @@ def read(format: str, inputs: str | Path | Sequence[str | Path], **options) -> R
             f"`format` should be one of {sorted(READERS)}. Received: format={format!r}"
         )
     return READERS[format](inputs, **options)
+
+
+def read_batches(
+    format: str,
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    batch_bytes: int | None = None,
+    **options,
+) -> Iterator[ReadResult]:
+    """Read ``inputs`` one batch at a time, in bounded memory where the format allows.
+
+    ``events`` and ``globo`` stream (``BATCH_READERS``: batches of about
+    ``batch_bytes`` of text, a zip member or a block of a large file at a
+    time); ``mind`` and ``sequences`` need the whole log (given histories,
+    positions across files) and give one batch. In every case
+    ``combine(read_batches(...))`` equals ``read(...)``.
+
+    Args:
+        format: one of ``READERS``.
+        inputs: as for :func:`read`.
+        batch_bytes: int or None. Bytes of raw text per batch; None uses the
+            reader's default.
+        **options: the reader's keyword options.
+    """
+    if format not in READERS:
+        raise ValueError(
+            f"`format` should be one of {sorted(READERS)}. Received: format={format!r}"
+        )
+    if format not in BATCH_READERS:
+        return iter([READERS[format](inputs, **options)])
+    if batch_bytes is not None:
+        options["batch_bytes"] = batch_bytes
+    return BATCH_READERS[format](inputs, **options)
+
+
+def batches_of(read: Callable[..., ReadResult]) -> Callable[..., Iterator[ReadResult]]:
+    """A ``read_batches``-style function (one batch) from a ``read`` function."""
+
+    def read_batches(inputs, **options) -> Iterator[ReadResult]:
+        return iter([read(inputs, **options)])
+
+    return read_batches

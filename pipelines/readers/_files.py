@@ -10,7 +10,9 @@ This module is the only place that touches the file system for the readers:
   absolute path or has a ``..`` component makes the whole archive refused;
 * gzip is undone by suffix (``.gz``) or by its magic bytes;
 * ``fingerprint`` gives the ``{"path", "bytes", "sha256"}`` records of the
-  physical files read (an archive counts once).
+  physical files read (an archive counts once);
+* ``read_blocks`` streams sources as blocks of whole lines, so that a large
+  file (or zip member, gzipped or not) is never held in memory at once.
 
 Nothing here unpickles anything; readers only parse text, JSON and Parquet.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import gzip
@@ -74,6 +77,61 @@ class Source:
                 data = archive.read(self.member)
         return gunzip(self.name, data)
 
+    @property
+    def streamable(self) -> bool:
+        """Whether the content can be read from disk in blocks (:func:`read_blocks`).
+
+        False for subclasses that supply their bytes themselves (they override
+        ``read_bytes``); those are read whole.
+        """
+        return type(self).read_bytes is Source.read_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+    """How big a source is: ``stored`` bytes on disk (a zip member's compressed
+    size) and ``content`` bytes once read (None when gzip hides it)."""
+
+    stored: int
+    content: int | None
+
+
+def sizes(sources: Iterable[Source]) -> list[Size]:
+    """The :class:`Size` of each source (each archive is opened once)."""
+    sources = list(sources)
+    archives: dict[Path, zipfile.ZipFile] = {}
+    found = []
+    try:
+        for source in sources:
+            if source.member is None:
+                stored = source.path.stat().st_size
+                with source.path.open("rb") as file:
+                    gzipped = file.read(2) == GZIP_MAGIC
+                found.append(Size(stored, None if gzipped else stored))
+                continue
+            if source.path not in archives:
+                archives[source.path] = zipfile.ZipFile(source.path)
+            info = archives[source.path].getinfo(source.member)
+            with archives[source.path].open(info) as file:
+                gzipped = file.read(2) == GZIP_MAGIC
+            found.append(Size(info.compress_size, None if gzipped else info.file_size))
+    finally:
+        for archive in archives.values():
+            archive.close()
+    return [
+        Size(size.stored, None if source.basename.lower().endswith(".gz") else size.content)
+        for source, size in zip(sources, found, strict=True)
+    ]
+
+
+def head(source: Source, size: int) -> bytes:
+    """The first ``size`` bytes of a source's content (gunzipped), or all of a shorter one."""
+    if not source.streamable:
+        return source.read_bytes()[:size]
+    for block in _stream(source, size):
+        return block.data[:size]
+    return b""
+
 
 def read_all(
     sources: Iterable[Source], *, workers: int = 2, ahead: int = 8
@@ -110,6 +168,116 @@ def read_all(
         pool.shutdown(wait=True, cancel_futures=True)
         for archive in archives.values():
             archive.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Part of a source's content, cut after a line break (see :func:`read_blocks`).
+
+    Attributes:
+        source: the source it comes from.
+        data: the bytes (gunzipped); the blocks of a source concatenate to its content.
+        index: 0 for the source's first block, then 1, 2, ...
+        last: whether it is the source's last block.
+        done: fraction of the source's stored bytes consumed once this block is read.
+    """
+
+    source: Source
+    data: bytes
+    index: int = 0
+    last: bool = True
+    done: float = 1.0
+
+
+def read_blocks(
+    sources: Iterable[Source],
+    *,
+    block_bytes: int,
+    whole: Callable[[Source], bool] = lambda source: False,
+    workers: int = 2,
+    ahead: int = 8,
+    known_sizes: Sequence[Size] | None = None,
+) -> Iterator[Block]:
+    """The content of each source in order, as blocks of whole lines.
+
+    A source is read whole (one block) when ``whole(source)`` is true, when it
+    is not ``streamable``, or when its content is known to be at most
+    ``block_bytes``; whole sources are read ahead and gunzipped in threads, as
+    :func:`read_all` does. Any other source is streamed: blocks of about
+    ``block_bytes`` bytes, each ending just after a line break (a longer line
+    makes a longer block), read from disk only as they are needed.
+    ``known_sizes`` (one :class:`Size` per source) saves looking the sizes up again.
+    """
+    if not isinstance(block_bytes, int) or block_bytes < 1:
+        raise ValueError(
+            f"`block_bytes` should be a positive integer. Received: block_bytes={block_bytes!r}"
+        )
+    sources = list(sources)
+    streamable = [source.streamable and not whole(source) for source in sources]
+    if known_sizes is None:
+        known = iter(sizes(source for source, can in zip(sources, streamable, strict=True) if can))
+    else:
+        known = (size for size, can in zip(known_sizes, streamable, strict=True) if can)
+    small = [
+        not can or (next(known).content or block_bytes + 1) <= block_bytes for can in streamable
+    ]
+    loaded = read_all(
+        (source for source, one in zip(sources, small, strict=True) if one),
+        workers=workers,
+        ahead=ahead,
+    )
+    try:
+        for source, one in zip(sources, small, strict=True):
+            if one:
+                yield Block(source, next(loaded)[1])
+            else:
+                yield from _stream(source, block_bytes)
+    finally:
+        loaded.close()
+
+
+def _stream(source: Source, block_bytes: int) -> Iterator[Block]:
+    """Blocks of whole lines of one source (see :func:`read_blocks`)."""
+    with contextlib.ExitStack() as stack:
+        if source.member is None:
+            raw = stack.enter_context(source.path.open("rb"))
+            size = source.path.stat().st_size
+        else:
+            archive = stack.enter_context(zipfile.ZipFile(source.path))
+            info = archive.getinfo(source.member)
+            raw = stack.enter_context(archive.open(info))
+            size = info.file_size
+        gzipped = source.basename.lower().endswith(".gz") or raw.peek(2)[:2] == GZIP_MAGIC
+        stream = stack.enter_context(gzip.GzipFile(fileobj=raw)) if gzipped else raw
+        previous, index = None, 0
+        for data in _line_blocks(source.name, stream, block_bytes):
+            if previous is not None:
+                yield Block(source, previous, index, False, min(1.0, raw.tell() / max(size, 1)))
+                index += 1
+            previous = data
+        yield Block(source, previous, index, True, 1.0)
+
+
+def _line_blocks(name: str, stream, block_bytes: int) -> Iterator[bytes]:
+    """``stream``'s bytes in blocks ending after a ``\\n`` (but the last); at least one block."""
+    carry, blocks = b"", 0
+    while True:
+        try:
+            data = stream.read(block_bytes)
+        except (OSError, EOFError, zlib.error) as err:
+            raise ValueError(f"{name}: not a readable gzip stream ({err})") from err
+        if not data:
+            break
+        data = carry + data if carry else data
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # no line break yet: read on
+            carry = data
+            continue
+        carry = data[cut:]
+        blocks += 1
+        yield data[:cut] if carry else data
+    if carry or not blocks:
+        yield carry
 
 
 def gunzip(name: str, data: bytes) -> bytes:

@@ -53,17 +53,21 @@ BLOCK_BYTES = 4 << 20
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One rejected raw row: where (``line``), why (``key``, ``reason``), what."""
+    """One rejected raw row: where (``source``, ``line``), why (``key``, ``reason``), what.
+
+    ``source`` indexes the chunk's ``names`` (0 for a single-source chunk).
+    """
 
     line: int
     key: str
     field: str | None
     reason: str
     value: object = None
+    source: int = 0
 
 
 class Chunk:
-    """The rows of one source, with their line numbers and problems so far.
+    """The rows of one source (or of several, parsed together), with line numbers and problems.
 
     Args:
         name: the source's display name (``source_file``).
@@ -71,6 +75,10 @@ class Chunk:
         lines: the 1-based line (or row) number of each table row.
         rows_read: raw rows seen, well-shaped or not.
         problems: the rows already rejected (they are not in ``table``).
+        names: the display names of several sources, when the chunk holds
+            their rows; ``name`` is then ``names[0]``. Defaults to ``[name]``.
+        sources: int array, the index in ``names`` of each table row's source
+            (sources appear in ``names`` order). Defaults to all 0.
     """
 
     def __init__(
@@ -80,10 +88,19 @@ class Chunk:
         lines: np.ndarray,
         rows_read: int,
         problems: list[Problem] | None = None,
+        *,
+        names: Sequence[str] | None = None,
+        sources: np.ndarray | None = None,
     ):
         self.name = name
+        self.names = [name] if names is None else list(names)
         self.table = table
         self.lines = np.asarray(lines, dtype=np.int64)
+        self.sources = (
+            np.zeros(table.num_rows, dtype=np.int32)
+            if sources is None
+            else np.asarray(sources, dtype=np.int32)
+        )
         self.rows_read = rows_read
         self.problems = list(problems or [])
         self.bad = np.zeros(table.num_rows, dtype=bool)
@@ -91,6 +108,10 @@ class Chunk:
     def column(self, name: str) -> pa.Array:
         """A column as one contiguous array."""
         return contiguous(self.table.column(name))
+
+    def values(self, name: str) -> pa.ChunkedArray:
+        """A column as it is (chunked: no copy)."""
+        return self.table.column(name)
 
     def reject(
         self,
@@ -116,14 +137,23 @@ class Chunk:
         else:
             shown = [values[row] for row in rows]
         for row, value in zip(rows, shown, strict=True):
-            self.problems.append(Problem(int(self.lines[row]), key, field, reason, _short(value)))
+            self.problems.append(
+                Problem(
+                    int(self.lines[row]),
+                    key,
+                    field,
+                    reason,
+                    _short(value),
+                    int(self.sources[row]),
+                )
+            )
         self.bad |= mask
 
     def convert(self, name: str, target: pa.DataType, key: str = "bad_value") -> None:
         """Cast column ``name`` to ``target``, rejecting the rows that fail."""
-        values = self.column(name)
-        if values.type == target:
+        if self.table.schema.field(name).type == target:
             return
+        values = self.column(name)
         cast, failed = safe_cast(values, target)
         self.reject(failed, key, name, f"expected a value of type {target}", values)
         index = self.table.column_names.index(name)
@@ -135,20 +165,50 @@ class Chunk:
         In ``"error"`` mode the first problem (the earliest line) raises
         ``BadRowError``.
         """
-        for problem in sorted(self.problems, key=lambda problem: problem.line):
-            error = BadRowError(
-                self.name, problem.line, problem.field, problem.reason, problem.value
-            )
-            rejections.reject(prefix + problem.key, error)
+        report(rejections, [self], prefix)
+        return self.kept()[:2]
+
+    def kept(self) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        """The rows not rejected: table, lines and source indices."""
         if not self.bad.any():
-            return self.table, self.lines
+            return self.table, self.lines, self.sources
         keep = ~self.bad
-        return self.table.filter(pa.array(keep)), self.lines[keep]
+        return self.table.filter(pa.array(keep)), self.lines[keep], self.sources[keep]
+
+
+def report(rejections: Rejections, chunks: Sequence[Chunk], prefix: str = "") -> None:
+    """Report the problems of ``chunks`` (sharing one ``names`` list) in (source, line) order."""
+    problems = [(problem, chunk) for chunk in chunks for problem in chunk.problems]
+    problems.sort(key=lambda pair: (pair[0].source, pair[0].line))
+    for problem, chunk in problems:
+        error = BadRowError(
+            chunk.names[problem.source], problem.line, problem.field, problem.reason, problem.value
+        )
+        rejections.reject(prefix + problem.key, error)
 
 
 def add_source(table: pa.Table, name: str, lines: np.ndarray, position: int) -> pa.Table:
     """Insert the ``source_file`` and ``source_line`` columns at ``position``."""
     table = table.add_column(position, "source_file", repeat_string(name, table.num_rows))
+    return table.add_column(position + 1, "source_line", pa.array(lines, pa.int64()))
+
+
+def add_sources(
+    table: pa.Table, names: Sequence[str], sources: np.ndarray, lines: np.ndarray, position: int
+) -> pa.Table:
+    """``add_source`` for rows of several sources: ``names[sources[i]]`` for row ``i``.
+
+    ``sources`` must be non-decreasing (rows grouped by source, in order).
+    """
+    counts = np.bincount(np.asarray(sources, np.int64), minlength=len(names))
+    pieces = [
+        chunk
+        for name, count in zip(names, counts, strict=True)
+        if count
+        for chunk in repeat_string(name, int(count)).chunks
+    ]
+    column = pa.chunked_array(pieces, pa.string())
+    table = table.add_column(position, "source_file", column)
     return table.add_column(position + 1, "source_line", pa.array(lines, pa.int64()))
 
 
@@ -211,6 +271,24 @@ def _missing_columns(name: str, required: Sequence[str], found: Sequence[str]) -
 # Delimited text (CSV, TSV, whitespace-separated).
 
 
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Delimited text to parse: a whole stream, or one block of its lines.
+
+    Attributes:
+        name: the stream's display name.
+        data: the bytes (gunzipped), whole lines.
+        first_line: the line number of ``data``'s first line in the stream.
+        header: for a later block of a stream whose first line is a header,
+            that header's column names; ``None`` when ``data`` starts the stream.
+    """
+
+    name: str
+    data: bytes
+    first_line: int = 1
+    header: tuple[str, ...] | None = None
+
+
 def read_delimited(
     name: str,
     data: bytes,
@@ -239,8 +317,8 @@ def read_delimited(
 
     A line that repeats the header is rejected as ``repeated_header``.
     """
-    return read_delimited_many(
-        [(name, data)],
+    return read_delimited_pieces(
+        [Piece(name, data)],
         delimiter=delimiter,
         columns=columns,
         required=required,
@@ -250,8 +328,8 @@ def read_delimited(
     )[0]
 
 
-def read_delimited_many(
-    streams: Sequence[tuple[str, bytes]],
+def read_delimited_pieces(
+    pieces: Sequence[Piece],
     *,
     delimiter: str | None,
     columns: Sequence[str] | None = None,
@@ -260,50 +338,79 @@ def read_delimited_many(
     quoted: bool = False,
     types: Mapping[str, pa.DataType] | None = None,
 ) -> list[Chunk]:
-    """``read_delimited`` for several ``(name, data)`` streams of one layout.
+    """``read_delimited`` for several pieces of one layout, as few chunks as possible.
 
-    Streams that qualify for the fast path and share a header are parsed
+    Pieces that qualify for the fast path and share a header are parsed
     together in one ``pyarrow.csv`` call (many small files parse much faster
-    that way), then split back by their line counts; if that parse fails,
-    each stream is parsed on its own.
+    that way) into one chunk; the others (or all, if that parse fails) get a
+    chunk each. Every chunk has ``names`` = the pieces' names and ``sources``
+    = piece positions, so rows and problems keep their (piece, line) order.
     """
+    names = [piece.name for piece in pieces]
     texts = [
-        _Text.of(name, data, delimiter, columns, required, include, quoted)
-        for name, data in streams
+        _Text.of(piece, index, delimiter, columns, required, include, quoted)
+        for index, piece in enumerate(pieces)
     ]
-    tables: list[pa.Table | None] = [None] * len(texts)
-    group = [i for i, text in enumerate(texts) if text.rows is not None]
-    group = [i for i in group if texts[i].columns == texts[group[0]].columns] if group else []
-    if len(group) > 1:
-        first = texts[group[0]]
-        body = b"".join(texts[i].terminated_body for i in group)
-        table = _parse_fast(body, first, types, sum(texts[i].rows for i in group))
-        if table is not None:
-            offset = 0
-            for i in group:
-                tables[i] = table.slice(offset, texts[i].rows)
-                offset += texts[i].rows
+    group = [text for text in texts if text.rows is not None]
+    group = [text for text in group if text.columns == group[0].columns]
     chunks = []
-    for text, table in zip(texts, tables, strict=True):
-        if table is None and text.rows is not None:
-            table = _parse_fast(text.body, text, types, text.rows)
+    if len(group) > 1:
+        body = b"".join(text.terminated_body for text in group)
+        table = _parse_fast(body, group[0], types, sum(text.rows for text in group))
+        if table is not None:
+            rows = np.array([text.rows for text in group], np.int64)
+            first = np.array([text.first_line for text in group], np.int64)
+            lines = np.arange(table.num_rows, dtype=np.int64) + np.repeat(
+                first - np.cumsum(rows) + rows, rows
+            )
+            sources = np.repeat([text.ordinal for text in group], rows)
+            chunk = Chunk(names[0], table, lines, table.num_rows, names=names, sources=sources)
+            chunks.append(_check_header(chunk, group[0]))
+            done = {text.ordinal for text in group}
+            texts = [text for text in texts if text.ordinal not in done]
+    for text in texts:
+        table = None if text.rows is None else _parse_fast(text.body, text, types, text.rows)
         if table is None:
             chunk = _parse_blocks(text) if len(text.body) > BLOCK_BYTES else _parse_slow(text)
         else:
             lines = np.arange(table.num_rows, dtype=np.int64) + text.first_line
             chunk = Chunk(text.name, table, lines, table.num_rows)
-        if text.header:
-            shown = (" " if delimiter is WHITESPACE else delimiter).join(text.columns)
-            _reject_repeated_header(chunk, shown)
-        chunks.append(chunk)
+        chunk.names = names
+        chunk.sources = np.full(chunk.table.num_rows, text.ordinal, np.int32)
+        chunk.problems = [
+            dataclasses.replace(problem, source=text.ordinal) for problem in chunk.problems
+        ]
+        chunks.append(_check_header(chunk, text))
     return chunks
+
+
+def header_of(data: bytes, delimiter: str | None, quoted: bool) -> list[str]:
+    """The column names in the first line of delimited text (as ``read_delimited`` reads them)."""
+    first, _ = _header_line(data)
+    return _split(first.decode("utf-8", errors="replace"), delimiter, quoted)
+
+
+def _header_line(data: bytes) -> tuple[bytes, bytes]:
+    """The first line (without BOM and line break) and the rest."""
+    data = strip_bom(data)
+    end = data.find(b"\n")
+    first, body = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
+    return (first[:-1] if first.endswith(b"\r") else first), body
+
+
+def _check_header(chunk: Chunk, text: _Text) -> Chunk:
+    if text.header:
+        shown = (" " if text.delimiter is WHITESPACE else text.delimiter).join(text.columns)
+        _reject_repeated_header(chunk, shown)
+    return chunk
 
 
 @dataclasses.dataclass(frozen=True)
 class _Text:
-    """One delimited stream, its header split off and its layout checked."""
+    """One delimited piece, its header split off and its layout checked."""
 
     name: str
+    ordinal: int  # the piece's position in its batch
     body: bytes  # the lines after the header
     first_line: int  # the line number of the body's first line
     header: bool
@@ -314,18 +421,19 @@ class _Text:
     rows: int | None  # lines in the body, or None if the fast path cannot be trusted
 
     @classmethod
-    def of(cls, name, data, delimiter, columns, required, include, quoted) -> _Text:
-        data = strip_bom(data)
+    def of(cls, piece, ordinal, delimiter, columns, required, include, quoted) -> _Text:
+        name, data, first_line = piece.name, piece.data, piece.first_line
         header = columns is None
-        if header:
-            end = data.find(b"\n")
-            first, body = (data, b"") if end < 0 else (data[:end], data[end + 1 :])
-            first = first[:-1] if first.endswith(b"\r") else first
+        if header and piece.header is not None:  # a later block: no header line in it
+            columns, body = piece.header, data
+        elif header:
+            first, body = _header_line(data)
             if not first.strip():
                 raise ValueError(f"{name}: no header line; expected the column names on line 1")
             columns = _split(first.decode("utf-8", errors="replace"), delimiter, quoted)
+            first_line += 1
         else:
-            body = data
+            body = strip_bom(data) if first_line == 1 else data
         columns = list(columns)
         _missing_columns(name, required, columns)
         include = list(include) if include is not None else columns
@@ -335,7 +443,7 @@ class _Text:
             raise ValueError(f"{name}: column(s) {duplicated} appear more than once in the header")
         rows = _trusted_lines(body, delimiter)
         return cls(
-            name, body, 2 if header else 1, header, columns, include, delimiter, quoted, rows
+            name, ordinal, body, first_line, header, columns, include, delimiter, quoted, rows
         )
 
     @property

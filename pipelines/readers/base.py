@@ -5,12 +5,19 @@ the canonical ``EVENTS`` table (``pipelines.schema.EVENTS``) and accounts for
 every raw row it read: ``rows_read == rows_used + rows_rejected``, where a
 "raw row" is an impression for MIND, a click for Globo/events and an
 interaction for SASRec-style sequences.
+
+Readers also stream: ``read_batches(inputs, ...)`` yields one
+:class:`ReadResult` per batch of raw rows (a batch of small files, a block of
+a large file), each with its own accounting, so that a log larger than
+memory is read a bounded piece at a time; :func:`combine` puts the batches
+back together, and ``read(...) == combine(read_batches(...))``.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Iterable
 from typing import Literal
 
 import pyarrow as pa
@@ -67,6 +74,13 @@ class Rejections:
     def total(self) -> int:
         return sum(self.by_reason.values())
 
+    def merge(self, other: Rejections) -> None:
+        """Add ``other``'s counts and messages (those of a later batch) to these."""
+        self.by_reason.update(other.by_reason)
+        for key, shown in other.examples.items():
+            room = self._max_examples - len(self.examples[key])
+            self.examples[key].extend(shown[: max(room, 0)])
+
 
 @dataclasses.dataclass
 class ReadResult:
@@ -92,6 +106,11 @@ class ReadResult:
         items_read: item-metadata rows seen; ``items_read ==
             items.num_rows + item_rejections.total``. ``None`` when the format
             has no item file.
+        progress: for a batch of ``read_batches``, the fraction of the
+            inputs' stored bytes consumed once it is read (a zip member counts
+            its compressed size), to estimate how many rows are still to come;
+            1.0 for the last batch and for a whole ``read``. The last batch
+            also carries ``inputs``.
     """
 
     events: pa.Table
@@ -102,6 +121,7 @@ class ReadResult:
     inputs: list[dict] = dataclasses.field(default_factory=list)
     item_rejections: Rejections | None = None
     items_read: int | None = None
+    progress: float = 1.0
 
     @property
     def rows_rejected(self) -> int:
@@ -110,3 +130,42 @@ class ReadResult:
     @property
     def rows_used(self) -> int:
         return self.rows_read - self.rows_rejected
+
+
+def combine(batches: Iterable[ReadResult]) -> ReadResult:
+    """One ``ReadResult`` from the batches of a ``read_batches`` call, in order.
+
+    Events (and given histories, items) are concatenated, counts summed and
+    rejections merged, so the accounting of the whole equals the sum of the batches'.
+    """
+    batches = list(batches)
+    if not batches:
+        raise ValueError("`batches` should hold at least one ReadResult. Received: []")
+    first = batches[0]
+    rejections = Rejections(first.rejections.on_bad_rows, first.rejections._max_examples)
+    item_rejections = None
+    for batch in batches:
+        rejections.merge(batch.rejections)
+        if batch.item_rejections is not None:
+            if item_rejections is None:
+                item_rejections = Rejections(batch.item_rejections.on_bad_rows)
+            item_rejections.merge(batch.item_rejections)
+    items_read = [batch.items_read for batch in batches if batch.items_read is not None]
+    return ReadResult(
+        events=_concat([batch.events for batch in batches]),
+        rows_read=sum(int(batch.rows_read) for batch in batches),
+        rejections=rejections,
+        items=_concat([batch.items for batch in batches if batch.items is not None]),
+        given_history=_concat(
+            [batch.given_history for batch in batches if batch.given_history is not None]
+        ),
+        inputs=[record for batch in batches for record in batch.inputs],
+        item_rejections=item_rejections,
+        items_read=sum(items_read) if items_read else None,
+    )
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | None:
+    if not tables:
+        return None
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)

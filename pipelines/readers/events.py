@@ -34,7 +34,10 @@ object). A missing file or column, or inputs without a single row, raise
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import functools
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +48,7 @@ import pyarrow.compute as pc
 
 from pipelines.readers import _files, _table
 from pipelines.readers._values import TIME_UNITS, empty_mask, null_mask, parse_time
-from pipelines.readers.base import OnBadRows, ReadResult, Rejections
+from pipelines.readers.base import OnBadRows, ReadResult, Rejections, combine
 from pipelines.schema import EVENTS
 
 #: Text files are parsed together up to about this many bytes.
@@ -211,8 +214,82 @@ def read(
             and tab for TSV.
 
     Returns:
-        A ``ReadResult`` whose ``rows_read`` counts log rows.
+        A ``ReadResult`` whose ``rows_read`` counts log rows:
+        ``combine(read_batches(...))`` with the same arguments.
     """
+    return combine(
+        read_batches(
+            inputs,
+            on_bad_rows=on_bad_rows,
+            user_col=user_col,
+            item_col=item_col,
+            time_col=time_col,
+            event_col=event_col,
+            impression_col=impression_col,
+            session_col=session_col,
+            time_unit=time_unit,
+            event_labels=event_labels,
+            extra_cols=extra_cols,
+            file_format=file_format,
+            delimiter=delimiter,
+        )
+    )
+
+
+def read_batches(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    on_bad_rows: OnBadRows = "error",
+    batch_bytes: int = BATCH_BYTES,
+    workers: int = 2,
+    **options,
+) -> Iterator[ReadResult]:
+    """``read`` one batch at a time, in bounded memory.
+
+    Args:
+        inputs, on_bad_rows, **options: as for :func:`read`.
+        batch_bytes: int. Text is parsed in batches of about this many bytes:
+            consecutive small files together, a larger file in blocks of whole
+            lines read from disk (or from its zip member, gzipped or not) as
+            they are needed. JSON Lines and Parquet files are read whole.
+            Defaults to ``BATCH_BYTES``.
+        workers: int. Batches parsed at once, in threads. Defaults to 2.
+
+    Returns:
+        An iterator of ``ReadResult``, one per batch, in input order: each
+        with its events, its ``rows_read`` and ``rejections`` (summed over the
+        batches they give the whole read's), its ``progress``; the last one
+        also carries ``inputs``. Arguments are checked at the call; a bad row
+        (``on_bad_rows="error"``) raises when its batch is reached.
+    """
+    spec, sources, file_format, delimiter = _setup(inputs, **options)
+    return read_source_batches(
+        sources,
+        spec,
+        on_bad_rows=on_bad_rows,
+        file_format=file_format,
+        delimiter=delimiter,
+        batch_bytes=batch_bytes,
+        workers=workers,
+    )
+
+
+def _setup(
+    inputs,
+    *,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str = "timestamp",
+    event_col: str | None = None,
+    impression_col: str | None = None,
+    session_col: str | None = None,
+    time_unit: str = "auto",
+    event_labels: Mapping[str, int] | None = None,
+    extra_cols: Mapping[str, pa.DataType] | Sequence[str] | None = None,
+    file_format: str = "auto",
+    delimiter: str | None = None,
+) -> tuple[EventColumns, list[_files.Source], str, str | None]:
+    """Check the options and resolve the inputs."""
     if extra_cols is None:
         extra_cols = {}
     elif not isinstance(extra_cols, Mapping):
@@ -241,9 +318,7 @@ def read(
         accept=_is_log_file,
         expected="event log files (.csv, .tsv, .parquet, .jsonl, optionally .gz)",
     )
-    return read_sources(
-        sources, spec, on_bad_rows=on_bad_rows, file_format=file_format, delimiter=delimiter
-    )
+    return spec, sources, file_format, delimiter
 
 
 def _is_log_file(name: str) -> bool:
@@ -258,21 +333,189 @@ def read_sources(
     file_format: str = "auto",
     delimiter: str | None = None,
 ) -> ReadResult:
-    """Read resolved sources with a column mapping (shared with the Globo preset)."""
-    rejections = Rejections(on_bad_rows)
-    tables = []
-    rows_read = 0
-    for chunk in _chunks(sources, spec, file_format, delimiter):
-        rows_read += chunk.rows_read
-        tables.append(_to_events(chunk, spec, rejections))
+    """Read resolved sources with a column mapping, whole."""
+    return combine(
+        read_source_batches(
+            sources, spec, on_bad_rows=on_bad_rows, file_format=file_format, delimiter=delimiter
+        )
+    )
+
+
+def read_source_batches(
+    sources: Sequence[_files.Source],
+    spec: EventColumns,
+    *,
+    on_bad_rows: OnBadRows = "error",
+    file_format: str = "auto",
+    delimiter: str | None = None,
+    batch_bytes: int = BATCH_BYTES,
+    workers: int = 2,
+) -> Iterator[ReadResult]:
+    """``read_batches`` over resolved sources with a column mapping (shared with Globo)."""
+    for name, value in (("batch_bytes", batch_bytes), ("workers", workers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"`{name}` should be a positive integer. Received: {name}={value!r}")
+    Rejections(on_bad_rows)  # checks the value now
+    sources = list(sources)
+    return _batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers)
+
+
+@dataclasses.dataclass
+class _Task:
+    """A batch to parse: consecutive blocks of one kind (text), or one Parquet / JSONL file."""
+
+    kind: str
+    blocks: list[_table.Piece]
+    bytes: int = 0
+    progress: float = 1.0
+
+
+def _batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
+    sizes = _files.sizes(sources)
+    tasks = _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes)
+    parse = functools.partial(_parse_task, spec=spec, delimiter=delimiter, on_bad_rows=on_bad_rows)
+    rows_read, held = 0, None
+    for result in _ordered_map(parse, tasks, workers):
+        rows_read += result.rows_read
+        if held is not None:
+            yield held
+        held = result
     _table.check_not_empty(rows_read, sources, "at least one event")
-    table = pa.concat_tables(tables)
-    schema = pa.schema([*EVENTS, *(table.schema.field(name) for name in spec.extra)])
+    held.inputs = _files.fingerprint(sources)
+    yield held
+
+
+def _ordered_map(function, items: Iterator, workers: int) -> Iterator:
+    """``function`` over ``items`` in ``workers`` threads, results in order, few pending.
+
+    An error raised while producing the items surfaces only after the
+    results of the items before it (as if all ran in order).
+    """
+    pending: collections.deque = collections.deque()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    try:
+        failure = None
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                break
+            except Exception as error:  # surfaces after the results before it
+                failure = error
+                break
+            pending.append(pool.submit(function, item))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+        if failure is not None:
+            raise failure
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if hasattr(items, "close"):
+            items.close()
+
+
+def _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes=None) -> Iterator[_Task]:
+    """Group the blocks of the sources into parse tasks, in order.
+
+    With ``sizes`` (one ``_files.Size`` per source), each task has its
+    ``progress``; without, every source is read whole.
+    """
+    unsplittable = set()
+    for index, source in enumerate(sources):
+        hint = _kind_hint(source, file_format)
+        content = sizes[index].content if sizes else None
+        if hint is None and sizes and (content is None or content > batch_bytes):
+            hint = detect_format(source, _files.head(source, 1 << 16), file_format)
+        if sizes is None or hint in ("parquet", "jsonl"):
+            unsplittable.add(index)
+    stored = np.array([size.stored for size in sizes] if sizes else [0] * len(sources), float)
+    before = np.concatenate([[0.0], np.cumsum(stored)])
+    total = max(before[-1], 1.0)
+    position = {id(source): index for index, source in enumerate(sources)}
+    task = None
+    kind, line, header = None, 1, None
+    blocks = _files.read_blocks(
+        sources,
+        block_bytes=batch_bytes,
+        whole=lambda source: position[id(source)] in unsplittable,
+        workers=workers,
+        known_sizes=sizes,
+    )
+    for block in blocks:
+        source = block.source
+        if block.index == 0:
+            kind = detect_format(source, block.data, file_format)
+            line, header = 1, None
+        index = position[id(source)]
+        progress = float(before[index] + block.done * stored[index]) / total
+        piece = _table.Piece(source.name, block.data, line, header)
+        if task is not None and (kind != task.kind or task.bytes >= batch_bytes):
+            yield task
+            task = None
+        if kind in ("parquet", "jsonl"):
+            yield _Task(kind, [piece], len(block.data), progress if sizes else 1.0)
+            continue
+        if task is None:
+            task = _Task(kind, [])
+        task.blocks.append(piece)
+        task.bytes += len(block.data)
+        task.progress = progress if sizes else 1.0
+        if not block.last:
+            if block.index == 0:
+                header = tuple(
+                    _table.header_of(block.data, _delimiter(kind, delimiter), kind == "csv")
+                )
+            line += block.data.count(b"\n")
+    if task is not None:
+        yield task
+
+
+def _kind_hint(source: _files.Source, file_format: str) -> str | None:
+    """The format of a source known without reading it: by ``file_format`` or suffix."""
+    if file_format != "auto":
+        return file_format
+    return _SUFFIXES.get(Path(source.stem).suffix.lower())
+
+
+def _delimiter(kind: str, delimiter: str | None) -> str:
+    return delimiter or ("\t" if kind == "tsv" else ",")
+
+
+def _parse_task(task: _Task, *, spec, delimiter, on_bad_rows) -> ReadResult:
+    """Parse one task into canonical events, with its accounting."""
+    rejections = Rejections(on_bad_rows)
+    chunks = _task_chunks(task, spec, delimiter)
+    events = _to_events_many(chunks, spec, rejections)
     return ReadResult(
-        events=table.cast(schema),
-        rows_read=rows_read,
+        events=events,
+        rows_read=sum(chunk.rows_read for chunk in chunks),
         rejections=rejections,
-        inputs=_files.fingerprint(sources),
+        progress=task.progress,
+    )
+
+
+def _task_chunks(task: _Task, spec: EventColumns, delimiter) -> list[_table.Chunk]:
+    if task.kind in ("parquet", "jsonl"):
+        (piece,) = task.blocks
+        parse = _table.read_parquet if task.kind == "parquet" else _table.read_jsonl
+        return [
+            parse(
+                piece.name,
+                piece.data,
+                required=spec.columns,
+                include=spec.columns,
+                native=spec.native,
+            )
+        ]
+    return _table.read_delimited_pieces(
+        task.blocks,
+        delimiter=_delimiter(task.kind, delimiter),
+        required=spec.columns,
+        include=spec.columns,
+        quoted=task.kind == "csv",
+        types=spec.fast_types,
     )
 
 
@@ -293,50 +536,47 @@ def detect_format(source: _files.Source, data: bytes, file_format: str = "auto")
 
 
 def _chunks(sources, spec, file_format, delimiter) -> Iterator[_table.Chunk]:
-    """Parse each source, in order; consecutive text files of one kind go in batches."""
-    batch: list[tuple[str, bytes]] = []
-    batch_kind = None
-    batch_bytes = 0
-    for source, data in _files.read_all(sources):
-        kind = detect_format(source, data, file_format)
-        if batch and (kind != batch_kind or batch_bytes > BATCH_BYTES):
-            yield from _parse_text(batch, batch_kind, spec, delimiter)
-            batch, batch_bytes = [], 0
-        if kind == "parquet":
-            yield _table.read_parquet(
-                source.name, data, required=spec.columns, include=spec.columns, native=spec.native
-            )
-        elif kind == "jsonl":
-            yield _table.read_jsonl(
-                source.name, data, required=spec.columns, include=spec.columns, native=spec.native
-            )
-        else:
-            batch.append((source.name, data))
-            batch_kind = kind
-            batch_bytes += len(data)
-    if batch:
-        yield from _parse_text(batch, batch_kind, spec, delimiter)
-
-
-def _parse_text(batch, kind, spec, delimiter) -> list[_table.Chunk]:
-    return _table.read_delimited_many(
-        batch,
-        delimiter=delimiter or ("\t" if kind == "tsv" else ","),
-        required=spec.columns,
-        include=spec.columns,
-        quoted=kind == "csv",
-        types=spec.fast_types,
-    )
+    """The chunks of whole sources, in order (each source read whole)."""
+    for task in _tasks(list(sources), file_format, delimiter, BATCH_BYTES, workers=2):
+        yield from _task_chunks(task, spec, delimiter)
 
 
 def _to_events(chunk: _table.Chunk, spec: EventColumns, rejections: Rejections) -> pa.Table:
     """Check values, report bad rows and build the canonical events of one chunk."""
+    return _to_events_many([chunk], spec, rejections)
+
+
+def _to_events_many(
+    chunks: list[_table.Chunk], spec: EventColumns, rejections: Rejections
+) -> pa.Table:
+    """The canonical events of chunks sharing one ``names`` list, rows in (source, line) order.
+
+    Problems are reported in that order too, so ``on_bad_rows="error"``
+    raises at the first bad row of the first source that has one.
+    """
+    for chunk in chunks:
+        _canonical(chunk, spec)
+    _table.report(rejections, chunks)
+    kept = [chunk.kept() for chunk in chunks]
+    table = kept[0][0] if len(kept) == 1 else pa.concat_tables([k[0] for k in kept])
+    lines = np.concatenate([k[1] for k in kept])
+    sources = np.concatenate([k[2] for k in kept])
+    if len(sources) > 1 and (np.diff(sources) < 0).any():
+        order = np.argsort(sources, kind="stable")
+        table, lines, sources = table.take(pa.array(order)), lines[order], sources[order]
+    table = _table.add_sources(table, chunks[0].names, sources, lines, position=6)
+    schema = pa.schema([*EVENTS, *(pa.field(name, kind) for name, kind in spec.extra.items())])
+    return table.cast(schema)
+
+
+def _canonical(chunk: _table.Chunk, spec: EventColumns) -> None:
+    """Check the values of a chunk and replace its table by the canonical columns."""
     rows = chunk.table.num_rows
-    user = _text(chunk.column(spec.user))
+    user = _text(chunk.values(spec.user))
     chunk.reject(empty_mask(user), "empty_user", spec.user, "user id is empty", user)
-    item = _text(chunk.column(spec.item))
+    item = _text(chunk.values(spec.item))
     chunk.reject(empty_mask(item), "empty_item", spec.item, "item id is empty", item)
-    times = chunk.column(spec.time)
+    times = chunk.values(spec.time)
     milliseconds, failed = parse_time(times, spec.time_unit)
     chunk.reject(failed, "bad_timestamp", spec.time, _TIME_EXPECTED[spec.time_unit], times)
     if spec.event:
@@ -353,14 +593,12 @@ def _to_events(chunk: _table.Chunk, spec: EventColumns, rejections: Rejections) 
         "impression_id": _optional_id(chunk, spec.impression, rows),
         "session_id": _optional_id(chunk, spec.session, rows),
     }
-    columns.update({name: chunk.column(name) for name in spec.extra})
+    columns.update({name: chunk.values(name) for name in spec.extra})
     chunk.table = pa.table(columns)
-    table, lines = chunk.finish(rejections)
-    return _table.add_source(table, chunk.name, lines, position=6)
 
 
 def _labels(chunk: _table.Chunk, spec: EventColumns) -> np.ndarray:
-    values = _text(chunk.column(spec.event))
+    values = _text(chunk.values(spec.event))
     known = pa.array(list(spec.event_labels), pa.string())
     index = pc.index_in(values, value_set=known)
     unknown = null_mask(index)
@@ -377,7 +615,7 @@ def _text(values: pa.Array) -> pa.Array:
 def _optional_id(chunk: _table.Chunk, column: str | None, rows: int) -> pa.Array:
     if column is None:
         return pa.nulls(rows, pa.string())
-    values = _text(chunk.column(column))
+    values = _text(chunk.values(column))
     empty = empty_mask(values)
     return (
         pc.if_else(pa.array(empty), pa.nulls(rows, pa.string()), values) if empty.any() else values

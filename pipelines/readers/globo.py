@@ -18,13 +18,13 @@ by one in a file that has a bad row.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 
 from pipelines.readers import _files, _table, events
-from pipelines.readers.base import OnBadRows, ReadResult
+from pipelines.readers.base import OnBadRows, ReadResult, combine
 
 FILE_PATTERN = "clicks_hour_*.csv"
 CONTEXT_COLUMNS = (
@@ -63,7 +63,24 @@ def read(
         **format_options: none are accepted (``ValueError``).
 
     Returns:
-        A ``ReadResult`` whose ``rows_read`` counts clicks.
+        A ``ReadResult`` whose ``rows_read`` counts clicks:
+        ``combine(read_batches(...))``.
+    """
+    return combine(read_batches(inputs, on_bad_rows=on_bad_rows, **format_options))
+
+
+def read_batches(
+    inputs: str | Path | Sequence[str | Path],
+    *,
+    on_bad_rows: OnBadRows = "error",
+    batch_bytes: int = events.BATCH_BYTES,
+    workers: int = 2,
+    **format_options,
+) -> Iterator[ReadResult]:
+    """``read`` one batch at a time (see :func:`pipelines.readers.events.read_batches`).
+
+    A zip archive streams member by member (consecutive members parsed
+    together up to ``batch_bytes``), a large file in blocks of whole lines.
     """
     _table.no_format_options("globo", format_options)
     sources = _files.resolve(
@@ -71,4 +88,11 @@ def read(
         accept=lambda name: fnmatch.fnmatch(name, FILE_PATTERN),
         expected=f"Globo click files ({FILE_PATTERN})",
     )
-    return events.read_sources(sources, COLUMNS, on_bad_rows=on_bad_rows, file_format="csv")
+    return events.read_source_batches(
+        sources,
+        COLUMNS,
+        on_bad_rows=on_bad_rows,
+        file_format="csv",
+        batch_bytes=batch_bytes,
+        workers=workers,
+    )
