@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.sequences import gather_lists, sorted_unique
+from pipelines.sequences import sorted_unique
 
 SAMPLING_MODES = ("uniform", "popularity")
 MAX_ATTEMPTS = 32
@@ -85,9 +85,13 @@ def parse_duration(value: int | str | None, name: str = "negative_window") -> in
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser of ``x + golden`` (uint64, wrapping), vectorised."""
     z = np.asarray(x, dtype=np.uint64) + _GOLDEN
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+    shifted = np.empty_like(z)
+    for shift, multiplier in ((30, _MIX1), (27, _MIX2)):  # in place: no temporaries
+        np.right_shift(z, np.uint64(shift), out=shifted)
+        np.bitwise_xor(z, shifted, out=z)
+        np.multiply(z, multiplier, out=z)
+    np.right_shift(z, np.uint64(31), out=shifted)
+    return np.bitwise_xor(z, shifted, out=z)
 
 
 def hash_strings(
@@ -169,7 +173,9 @@ def uniform_draws(streams: np.ndarray, counter: int) -> np.ndarray:
     """Float64 draws in [0, 1): draw number ``counter`` of each stream."""
     step = np.uint64((int(counter) * int(_GOLDEN)) % (1 << 64))
     bits = splitmix64(streams + step)
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    draws = np.right_shift(bits, np.uint64(11), out=bits).astype(np.float64)
+    draws *= 1.0 / (1 << 53)
+    return draws
 
 
 def choose_from_pools(
@@ -376,6 +382,7 @@ class NegativeSampler:
             positive_in_pool = self.first_seen[np.clip(positives, 0, None)] <= times
             capacity = np.minimum(width - (positive_in_pool & (positives >= 0)), num_negatives)
         alive = capacity > 0  # rows whose previous slots were all filled
+        always_live = self.sampling == "popularity" or self.window is None
         for slot in range(num_negatives):
             active = np.flatnonzero(alive & (capacity > slot))
             filled = np.zeros(n, dtype=bool)
@@ -383,16 +390,19 @@ class NegativeSampler:
                 if not len(active):
                     break
                 draws = uniform_draws(streams[active], slot * _SLOT_STRIDE + attempt)
-                pick = lo[active] + np.minimum(
-                    (draws * width[active]).astype(np.int64), width[active] - 1
-                )
+                span = width[active]
+                draws *= span
+                pick = np.minimum(draws.astype(np.int64), span - 1)
+                pick += lo[active]
                 candidate = proposals[pick]
                 ok = candidate != positives[active]
-                if slot:
-                    ok &= ~(out[active, :slot] == candidate[:, None]).any(axis=1)
-                ok &= self._live(candidate, times[active])
-                out[active[ok], slot] = candidate[ok]
-                filled[active[ok]] = True
+                for earlier in range(slot):  # distinct from the slots already filled
+                    ok &= out[active, earlier] != candidate
+                if not always_live:
+                    ok &= self._live(candidate, times[active])
+                done = active[ok]
+                out[done, slot] = candidate[ok]
+                filled[done] = True
                 active = active[~ok]
             alive &= filled
         return out
@@ -532,15 +542,21 @@ def matrix_to_lists(
 ) -> pa.ListArray:
     """Rows of a ``-1``-filled matrix (each a prefix of real entries) -> a list array.
 
-    With ``values``, the entries are indices into it.
+    Row ``i`` becomes ``matrix[i, :k]``, ``k`` its count of entries ``>= 0``;
+    the list values have the matrix's integer type. With ``values``, the
+    entries are indices into it.
     """
+    matrix = np.asarray(matrix)
     counts = (matrix >= 0).sum(axis=1)
-    starts = np.arange(matrix.shape[0], dtype=np.int64) * matrix.shape[1]
-    flat = matrix.reshape(-1)
+    offsets = np.zeros(matrix.shape[0] + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    if offsets[-1] >= np.iinfo(np.int32).max:
+        raise ValueError(f"too many list values ({offsets[-1]}) for one list array")
+    flat = matrix[np.arange(matrix.shape[1]) < counts[:, None]]  # row-major: rows in order
+    offsets = pa.array(offsets.astype(np.int32))
     if values is not None:
-        picked = gather_lists(starts, starts + counts, flat)
-        return pa.ListArray.from_arrays(picked.offsets, values.take(picked.values))
-    return gather_lists(starts, starts + counts, flat, pa.int64())
+        return pa.ListArray.from_arrays(offsets, values.take(pa.array(flat)))
+    return pa.ListArray.from_arrays(offsets, pa.array(flat))
 
 
 def check_num_negatives(num_negatives: int) -> None:

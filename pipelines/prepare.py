@@ -66,7 +66,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -104,6 +104,9 @@ from pipelines.splits import (
     time_cutoffs,
 )
 from pipelines.vocab import Vocabulary, check_min_count, items_table
+
+if TYPE_CHECKING:
+    from pipelines.readers.base import ReadResult
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +334,7 @@ def prepare(
     bar = _Progress(progress)
     try:
         with atomic_directory(out_dir, overwrite=options.overwrite) as tmp:
-            job = _Job(format, inputs, options, read, tmp, bar)
+            job = _Job(format, inputs, options, read, tmp, bar, custom_reader=reader is not None)
             manifest = job.run()
             shutil.rmtree(tmp / "_work", ignore_errors=True)
             bar.stage("finish")
@@ -341,6 +344,11 @@ def prepare(
     finally:
         bar.close()
     return manifest
+
+
+def _batch_bytes(max_rows_in_memory: int) -> int:
+    """Raw bytes per reader batch: about 16 per row allowed in memory, 1 to 32 MB."""
+    return int(min(max(16 * max_rows_in_memory, 1 << 20), 32 << 20))
 
 
 def _registered_reader(format: str) -> ReadFunction:
@@ -404,8 +412,24 @@ class _Progress:
 
 
 @dataclasses.dataclass
+class _Encoded:
+    """One in-memory batch's user and item ids as dictionary codes (see ``_Store.add``)."""
+
+    users: np.ndarray  # int32 codes into `user_ids`
+    user_ids: pa.Array
+    items: np.ndarray  # int32 codes into `item_ids`
+    item_ids: pa.Array
+
+
+@dataclasses.dataclass
 class _Store:
-    """Canonical events as read: in memory, or spilled to user-hash partitions."""
+    """Canonical events as read: in memory, or spilled to user-hash partitions.
+
+    Each batch's item ids are dictionary-encoded once as it arrives (its
+    distinct items, and their event counts for ``min_item_interactions``);
+    in memory, its user ids too, and the codes are kept, so that the
+    partition never hashes a string again (:meth:`codes`).
+    """
 
     work_dir: Path
     max_rows: int
@@ -413,12 +437,14 @@ class _Store:
     count_items: bool = False  # events per item id (for `min_item_interactions`)
     tables: list[pa.Table] = dataclasses.field(default_factory=list)
     given: list[pa.Table] = dataclasses.field(default_factory=list)
+    encoded: list[_Encoded] = dataclasses.field(default_factory=list)
     partitions: int = 1
     rows: int = 0
     batches: int = 0
     item_ids: list[pa.Array] = dataclasses.field(default_factory=list)
     item_events: list[pa.Table] = dataclasses.field(default_factory=list)
     has_impressions: bool = False
+    max_rows_held: int = 0  # the most canonical events held in memory at once (a test hook)
 
     @property
     def spilled(self) -> bool:
@@ -429,30 +455,34 @@ class _Store:
             "_row", pa.array(np.arange(self.rows, self.rows + events.num_rows, dtype=np.int64))
         )
         self.rows += events.num_rows
+        self.max_rows_held = max(self.max_rows_held, events.num_rows if self.spilled else self.rows)
         self.has_impressions |= events.column("impression_id").null_count < events.num_rows
-        self.item_ids.append(pc.unique(events.column("item_id").combine_chunks()))
+        items, item_ids = _dictionary(events.column("item_id"))
+        self.item_ids.append(item_ids)
         if self.count_items:
-            counted = pc.value_counts(events.column("item_id").combine_chunks())
-            self.item_events.append(
-                pa.table({"item_id": counted.field("values"), "n": counted.field("counts")})
-            )
+            counts = np.bincount(items, minlength=len(item_ids))
+            self.item_events.append(pa.table({"item_id": item_ids, "n": counts}))
         if given is not None:
             given = given.select(["impression_id", "history"])
             self.item_ids.append(
                 pc.unique(pc.list_flatten(given.column("history")).combine_chunks())
             )
+        if len(self.item_ids) > 64:  # many batches: keep the distinct ids compact
+            self.item_ids = [pc.unique(pa.concat_arrays(self.item_ids))]
         if not self.spilled and max(self.rows, expected_rows) > self.max_rows:
             self.partitions = self.num_partitions or max(
                 2, math.ceil(2 * max(self.rows, expected_rows) / self.max_rows)
             )
             for table, given_part in zip(self.tables, self.given, strict=True):
                 self._spill(table, given_part)
-            self.tables, self.given = [], []
+            self.tables, self.given, self.encoded = [], [], []
         if self.spilled:
             self._spill(events, given)
         else:
+            users, user_ids = _dictionary(events.column("user_id"))
             self.tables.append(events)
             self.given.append(given)
+            self.encoded.append(_Encoded(users, user_ids, items, item_ids))
 
     def _spill(self, events: pa.Table, given: pa.Table | None) -> None:
         part = _partition_of(events.column("user_id"), self.partitions)
@@ -483,6 +513,25 @@ class _Store:
         for path in sorted((self.work_dir / "partitions").glob("p*/events-*.parquet")):
             yield pq.read_table(path, columns=["time"]).column("time").to_numpy()
 
+    def codes(self, items: pa.Array) -> tuple[np.ndarray, pa.Array, np.ndarray]:
+        """In memory: the user codes (first appearance order), user ids and item codes.
+
+        Item codes index ``items`` (the sorted distinct item ids). The batches'
+        dictionaries are unified in one pass each (a hash of distinct ids, not of rows).
+        """
+        if not self.encoded:
+            return np.zeros(0, np.int64), pa.array([], pa.string()), np.zeros(0, np.int64)
+        user_map, user_ids = _dictionary(
+            pa.chunked_array([pa.concat_arrays([e.user_ids for e in self.encoded])])
+        )
+        users = _apply(user_map, [(e.users, len(e.user_ids)) for e in self.encoded])
+        item_map = pc.index_in(pa.concat_arrays([e.item_ids for e in self.encoded]), items)
+        item_codes = _apply(
+            item_map.to_numpy(zero_copy_only=False),
+            [(e.items, len(e.item_ids)) for e in self.encoded],
+        )
+        return users, user_ids, item_codes
+
     def iter_partitions(self) -> Iterator[tuple[pa.Table, pa.Table | None]]:
         if not self.spilled:
             events = pa.concat_tables(self.tables) if self.tables else _empty_events()
@@ -494,11 +543,24 @@ class _Store:
             events = pa.concat_tables(
                 [pq.read_table(f) for f in sorted(folder.glob("events-*.parquet"))]
             )
+            self.max_rows_held = max(self.max_rows_held, events.num_rows)
             given_files = sorted(folder.glob("given-*.parquet"))
             given = (
                 pa.concat_tables([pq.read_table(f) for f in given_files]) if given_files else None
             )
             yield events, given
+
+
+def _apply(mapping: np.ndarray, parts: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Concatenated ``mapping[offset + codes]`` of ``(codes, dictionary size)`` parts, in order."""
+    offsets = np.cumsum([0] + [size for _, size in parts])
+    mapping = np.asarray(mapping, np.int64)
+    return np.concatenate(
+        [
+            mapping[offset : offset + size][codes]
+            for (codes, size), offset in zip(parts, offsets[:-1], strict=True)
+        ]
+    )
 
 
 def _partition_of(user_ids: pa.ChunkedArray | pa.Array, partitions: int) -> np.ndarray:
@@ -512,6 +574,15 @@ def _partition_of(user_ids: pa.ChunkedArray | pa.Array, partitions: int) -> np.n
 def _empty_events() -> pa.Table:
     schema = pa.schema([EVENTS.field(c) for c in _EVENT_COLUMNS] + [pa.field("_row", pa.int64())])
     return schema.empty_table()
+
+
+def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Dictionary codes (int32, in first-appearance order) and the dictionary of a string column."""
+    if column.num_chunks == 0:
+        return np.zeros(0, np.int32), pa.array([], pa.string())
+    encoded = pc.dictionary_encode(column)
+    indices = [chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks]
+    return np.concatenate(indices).astype(np.int32, copy=False), encoded.chunk(0).dictionary
 
 
 # --------------------------------------------------------------------------- the job
@@ -535,8 +606,9 @@ class _Context:
 
 
 class _Job:
-    def __init__(self, format, inputs, options, read, out: Path, bar: _Progress):
+    def __init__(self, format, inputs, options, read, out: Path, bar: _Progress, custom_reader):
         self.format, self.inputs, self.options, self.read = format, inputs, options, read
+        self.custom_reader = custom_reader
         self.out, self.bar = out, bar
         self.work = out / "_work"
         self.rows_read = 0
@@ -558,21 +630,13 @@ class _Job:
             options.num_partitions,
             count_items=options.min_item_interactions > 0,
         )
-        groups = [[p] for p in self.inputs]
-        if self.format not in STREAMABLE_FORMATS or len(self.inputs) == 1:
-            groups = [self.inputs]
-        total_bytes = sum(_size(p) for p in self.inputs)
-        seen_bytes = 0
-        for group in groups:
-            result = self.read(
-                [str(p) for p in group], on_bad_rows=options.on_bad_rows, **options.reader_options()
-            )
+        for result, inputs, progress in self._results():
             events = validate(result.events, EVENTS, f"{self.format} reader output")
             self.rows_read += int(result.rows_read)
             self.rejected.update(result.rejections.by_reason)
             for key, examples in result.rejections.examples.items():
                 self.rejected_examples.setdefault(key, []).extend(examples[:5])
-            self.input_info.extend(result.inputs or [file_info(p) for p in _files(group)])
+            self.input_info.extend(inputs)
             if result.items is not None:
                 self.metadata.append(result.items)
             item_rejections = getattr(result, "item_rejections", None)
@@ -580,13 +644,47 @@ class _Job:
                 self.items_read += int(result.items_read)
             if item_rejections is not None:
                 self.items_rejected.update(item_rejections.by_reason)
-            seen_bytes += sum(_size(p) for p in group)
-            expected = int(
-                store.rows + events.num_rows * max(1.0, total_bytes / max(seen_bytes, 1))
-            )
-            store.add(events, result.given_history, expected if len(groups) > 1 else 0)
+            rows = store.rows + events.num_rows
+            expected = rows if progress >= 1.0 else int(rows / max(progress, 1e-9))
+            store.add(events, result.given_history, expected)
             del result, events
         return store
+
+    def _results(self) -> Iterator[tuple[ReadResult, list[dict], float]]:
+        """The reader's results batch by batch, with their input records and progress.
+
+        The registered readers stream (``pipelines.readers.read_batches``):
+        progress is the fraction of the input bytes read so far. A custom
+        ``read`` function gets the inputs of a streamable format one at a
+        time, else all at once.
+        """
+        options = self.options
+        if not self.custom_reader:
+            from pipelines.readers import read_batches
+
+            batches = read_batches(
+                self.format,
+                [str(p) for p in self.inputs],
+                on_bad_rows=options.on_bad_rows,
+                batch_bytes=_batch_bytes(options.max_rows_in_memory),
+                **options.reader_options(),
+            )
+            for result in batches:
+                yield result, result.inputs, getattr(result, "progress", 1.0)
+            return
+        groups = [[p] for p in self.inputs]
+        if self.format not in STREAMABLE_FORMATS or len(self.inputs) == 1:
+            groups = [self.inputs]
+        total_bytes = sum(_size(p) for p in self.inputs)
+        seen_bytes = 0
+        for number, group in enumerate(groups, start=1):
+            result = self.read(
+                [str(p) for p in group], on_bad_rows=options.on_bad_rows, **options.reader_options()
+            )
+            seen_bytes += sum(_size(p) for p in group)
+            inputs = result.inputs or [file_info(p) for p in _files(group)]
+            progress = 1.0 if number == len(groups) else seen_bytes / max(total_bytes, 1)
+            yield result, inputs, progress
 
     # -- the whole job -------------------------------------------------------------------
 
@@ -605,7 +703,9 @@ class _Job:
         first_seen = np.full(len(ctx.items), np.iinfo(np.int64).max, np.int64)
         cached = None
         for events, given in store.iter_partitions():
-            part = _Partition(events, given, ctx)
+            codes = None if store.spilled else store.codes(ctx.items)
+            store.encoded = []
+            part = _Partition(events, given, ctx, codes)
             self.rejected[MIN_ITEM_INTERACTIONS_REASON] += part.filtered
             part_counts, part_clicks = part.training_counts()
             counts += part_counts
@@ -642,23 +742,25 @@ class _Job:
         stats = {split: _SplitStats() for split in SPLITS}
         writers = _SplitWriters(self.out, self.work, spilled=store.spilled)
         partitions = [(None, None)] if cached is not None else store.iter_partitions()
-        with concurrent.futures.ThreadPoolExecutor(options.workers) as pool:
+        # The splits are built and written at once, each by its own thread (writing
+        # releases the GIL); their chunks are built by the `workers` threads of `pool`.
+        with (
+            concurrent.futures.ThreadPoolExecutor(options.workers) as pool,
+            concurrent.futures.ThreadPoolExecutor(len(SPLITS)) as split_pool,
+        ):
             for index, (events, given) in enumerate(partitions):
                 part = cached if cached is not None else _Partition(events, given, ctx)
+                cached = None
                 part.index_items()
-                for split_code, split in enumerate(SPLITS):
-                    plan = part.plan(split_code)
-                    stats[split].dropped_min_history += plan.dropped
-                    stats[split].impressions_without_click += plan.without_click
-                    stats[split].users += plan.users
-                    writers.open(split, index)
-                    chunks = plan.chunks(options.chunk_size)
-                    for table, oov in _ordered_map(pool, part.build, chunks, options.workers + 1):
-                        stats[split].add(table, oov)
-                        writers.write(split, index, table)
-                    writers.close(split, index)
-                del part
-        cached = None
+                jobs = [
+                    split_pool.submit(
+                        _write_split, part, code, index, pool, writers, stats[split], options
+                    )
+                    for code, split in enumerate(SPLITS)
+                ]
+                for job in jobs:
+                    job.result()
+                del part, jobs
         self.bar.stage("merge")
         writers.finish(max(1, options.max_rows_in_memory // 2))
 
@@ -694,6 +796,12 @@ class _Job:
         split_mode = options.split_mode_for(self.format)
         if options.valid_start is not None:
             valid_start, test_start = options.valid_start, options.test_start
+        elif not store.spilled:
+            valid_start, test_start = cutoffs_in_memory(
+                np.concatenate([np.zeros(0, np.int64), *store.read_times()]),
+                valid_fraction=options.valid_fraction,
+                test_fraction=options.test_fraction,
+            )
         else:
             valid_start, test_start = time_cutoffs(
                 store.read_times,
@@ -798,6 +906,53 @@ def build_vocabulary(
         metadata=metadata,
     )
     return vocab, num_id_items, code_to_index, table, features
+
+
+def cutoffs_in_memory(
+    times: np.ndarray, *, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> tuple[int, int]:
+    """:func:`pipelines.splits.time_cutoffs` of times held in memory, by one ``np.partition``.
+
+    Same ranks, same result (tested): ``test_start`` is the
+    ``(n - round(n * test_fraction))``-th smallest time, ``valid_start`` the
+    ``(n - round(n * (test_fraction + valid_fraction)))``-th.
+    """
+    check_fractions(valid_fraction, test_fraction)
+    n = len(times)
+    if n == 0:
+        return 0, 0
+    test_rank = n - int(round(n * test_fraction))
+    valid_rank = n - int(round(n * (test_fraction + valid_fraction)))
+    ranks = sorted({rank for rank in (valid_rank, test_rank) if rank < n})
+    ordered = np.partition(times, ranks) if ranks else times
+    test_start = int(times.max()) + 1 if test_rank >= n else int(ordered[test_rank])
+    valid_start = test_start if valid_rank >= test_rank else int(ordered[valid_rank])
+    return valid_start, test_start
+
+
+def _write_split(
+    part: _Partition,
+    split_code: int,
+    index: int,
+    pool: concurrent.futures.Executor,
+    writers: _SplitWriters,
+    stats: _SplitStats,
+    options: PrepareOptions,
+) -> None:
+    """Plan, build (in ``pool``) and write one split of one partition, chunk by chunk."""
+    split = SPLITS[split_code]
+    plan = part.plan(split_code)
+    stats.dropped_min_history += plan.dropped
+    stats.impressions_without_click += plan.without_click
+    stats.users += plan.users
+    writers.open(split, index)
+    try:
+        chunks = plan.chunks(options.chunk_size)
+        for table, oov in _ordered_map(pool, part.build, chunks, options.workers):
+            stats.add(table, oov)
+            writers.write(split, index, table)
+    finally:
+        writers.close(split, index)
 
 
 def _ordered_map(pool, function, items, ahead: int):
@@ -1024,22 +1179,41 @@ class _Units:
 
 
 class _Partition:
-    """The events of one partition of users, as sorted NumPy arrays."""
+    """The events of one partition of users, as sorted NumPy arrays.
 
-    def __init__(self, events: pa.Table, given: pa.Table | None, ctx: _Context):
+    ``codes`` (in memory: ``_Store.codes``) gives the user codes, user ids and
+    item codes of ``events`` already; otherwise the ids are encoded here.
+    """
+
+    def __init__(
+        self,
+        events: pa.Table,
+        given: pa.Table | None,
+        ctx: _Context,
+        codes: tuple[np.ndarray, pa.Array, np.ndarray] | None = None,
+    ):
         self.ctx = ctx
-        item = pc.index_in(events.column("item_id"), ctx.items).to_numpy(zero_copy_only=False)
+        if codes is None:
+            item = pc.index_in(events.column("item_id"), ctx.items).to_numpy(zero_copy_only=False)
+            users = None
+        else:
+            users, self.user_ids, item = codes
         item = np.asarray(item, np.int64)
         self.filtered = 0
         if ctx.keep_item is not None:
             keep = ctx.keep_item[item]
             self.filtered = int((~keep).sum())
-            events, item = events.filter(pa.array(keep)), item[keep]
+            if self.filtered:
+                events, item = events.filter(pa.array(keep)), item[keep]
+                users = None  # re-encoded: some users may have no events left
         row = events.column("_row").to_numpy()
         if len(row) > 1 and not (np.diff(row) > 0).all():
             by_row = np.argsort(row, kind="stable")
             events, item, row = events.take(pa.array(by_row)), item[by_row], row[by_row]
-        users, self.user_ids = _encode(events.column("user_id"))
+            users = None
+        if users is None:
+            users, self.user_ids = _encode(events.column("user_id"))
+        users = np.asarray(users, np.int64)
         time_ = events.column("time").to_numpy()
         # Sorted by (user, time); ties keep the log order (a stable sort of rows in `_row` order).
         order = np.argsort(pack_user_time(users, time_)[0], kind="stable")
@@ -1047,19 +1221,22 @@ class _Partition:
         self.time = time_[order]
         self.item = item[order]
         self.label = events.column("label").to_numpy()[order]
-        self.row = row[order]
         self.order = order  # sorted position -> row of `events`
         self.sessions = events.column("session_id").combine_chunks()
+        self.row = self.impression = None  # impression logs only
         if ctx.has_impressions:
             impressions, self.impression_ids = _encode(events.column("impression_id"))
             self.impression = impressions[order]
+            self.row = row[order]
         else:
             self.impression_ids = pa.array([], pa.string())
-            self.impression = np.full(len(order), -1, np.int64)
         clicks = np.flatnonzero(self.label == 1)
-        self.click_user = self.user[clicks]
-        self.click_time = self.time[clicks]
-        self.click_item = self.item[clicks]
+        if len(clicks) == len(order):  # every event is a click: no copies
+            self.click_user, self.click_time, self.click_item = self.user, self.time, self.item
+        else:
+            self.click_user = self.user[clicks]
+            self.click_time = self.time[clicks]
+            self.click_item = self.item[clicks]
         self.click_position = clicks
         # Each user's first click; each click's first click at the same (user, time).
         self.user_first = np.searchsorted(self.click_user, np.arange(len(self.user_ids) + 1))

@@ -122,8 +122,7 @@ def gather_lists(
     total = int(offsets[-1])
     if total >= np.iinfo(np.int32).max:
         raise ValueError(f"too many list values ({total}) for one list array; use smaller chunks")
-    flat = np.arange(total, dtype=np.int64)
-    flat += np.repeat(start - offsets[:-1], lengths)
+    flat = ranges_index(start, lengths, offsets)
     if isinstance(values, pa.Array | pa.ChunkedArray):
         taken = values.take(pa.array(flat))
         if isinstance(taken, pa.ChunkedArray):
@@ -131,6 +130,24 @@ def gather_lists(
     else:
         taken = pa.array(np.asarray(values)[flat], type=value_type)
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), taken)
+
+
+def ranges_index(start: np.ndarray, lengths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``np.concatenate([np.arange(s, s + n) for s, n in zip(start, lengths)])``, vectorised.
+
+    ``offsets`` is ``[0, *np.cumsum(lengths)]``. One running sum of steps: 1
+    inside a range, a jump at the first element of each non-empty range.
+    """
+    total = int(offsets[-1])
+    if total == 0:
+        return np.zeros(0, np.int64)
+    nonempty = lengths > 0
+    first, begin = start[nonempty], offsets[:-1][nonempty]
+    small = int((first + lengths[nonempty]).max()) < np.iinfo(np.int32).max
+    steps = np.ones(total, np.int32 if small else np.int64)  # half the memory when it fits
+    steps[begin[1:]] = first[1:] - (first[:-1] + lengths[nonempty][:-1] - 1)
+    steps[0] = first[0]
+    return np.cumsum(steps, out=steps)
 
 
 def last_n(lists: pa.ListArray | pa.ChunkedArray, n: int) -> pa.ListArray:
