@@ -120,6 +120,23 @@ class FeedRecModel(keras.Model):
         """The item vectors ``(..., dim)`` of item indices ``(...)``."""
         return self.item_encoder(items, training=False)
 
+    def sequence_embedding(self, history, history_length, training=False):
+        """The user state after every click: ``(batch, width, dim)``, 0 at padding.
+
+        No truncation: ``width`` (the history's width) must be at most ``L``.
+        With a causal user encoder, position ``i`` of the result equals the
+        user vector (``pooling="last"``) of the history cut after click ``i``;
+        the next-item objective (``feedrec.sequential``) trains every position.
+
+        Args:
+            history: int ``(batch, width)``, right-padded, oldest first.
+            history_length: int ``(batch,)``.
+            training: bool. Enables dropout.
+        """
+        vectors = self.item_encoder(history, training=training)
+        encoded = self.user_encoder.encode_sequence(vectors, history_length, training=training)
+        return encoded["sequence"]
+
     def explain(self, history, history_length) -> dict:
         """Attention and pooling weights, for heat maps.
 
@@ -174,6 +191,8 @@ def build_model(
     feature_tables: dict[str, np.ndarray] | None = None,
     feature_vocab_sizes: dict[str, int] | None = None,
     num_id_items: int | None = None,
+    *,
+    causal: bool = False,
 ) -> FeedRecModel:
     """Build a :class:`FeedRecModel` from a ``feedrec.config.ModelConfig``.
 
@@ -193,6 +212,9 @@ def build_model(
             vocabulary, padding and OOV included); items from ``num_id_items``
             to ``num_items`` are known from metadata only and use the OOV ID
             row with their own features. Defaults to ``None`` (all items).
+        causal: bool. Causal self-attention in the user encoder (position
+            ``i`` sees clicks ``j <= i``), for the next-item objective of
+            ``feedrec.sequential`` with ``pooling="last"``. Defaults to False.
 
     Returns:
         A built :class:`FeedRecModel` whose feature tables are set.
@@ -234,6 +256,7 @@ def build_model(
         feed_forward_dim=model_config.feed_forward_dim,
         dropout=model_config.dropout,
         pooling=model_config.pooling,
+        causal=causal,
         name="user_encoder",
     )
     model = FeedRecModel(item_encoder, user_encoder, name="feedrec")

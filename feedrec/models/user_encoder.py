@@ -139,7 +139,25 @@ class UserEncoder(keras.layers.Layer):
         self.pooling_layer.build(history_embeddings_shape)
         self.built = True
 
-    def call(self, history_embeddings, history_length, training=None, return_attention=False):
+    def encode_sequence(self, history_embeddings, history_length, training=None):
+        """The Transformer's output at every position, before pooling.
+
+        With ``causal=True`` the output at position ``i`` depends only on the
+        clicks ``0 .. i``, so it is the user state after click ``i``: training
+        on every position (next-item objective) sees exactly what serving with
+        ``pooling="last"`` sees for the prefix ending at ``i``.
+
+        Args:
+            history_embeddings: float ``(batch, history_len, dim)``.
+            history_length: int ``(batch,)``.
+            training: bool. Enables dropout.
+
+        Returns:
+            A dict: ``"sequence"`` ``(batch, history_len, dim)`` (exactly 0 at
+            padded positions), ``"attention"`` (one ``(batch, num_heads,
+            history_len, history_len)`` tensor per block) and ``"mask"``
+            ``(batch, history_len)``.
+        """
         width = ops.shape(history_embeddings)[1]
         mask = tf.sequence_mask(ops.cast(history_length, "int32"), width)
         x = history_embeddings
@@ -150,6 +168,11 @@ class UserEncoder(keras.layers.Layer):
         for block in self.blocks:
             x, weights = block(x, mask=mask, training=training, return_attention_scores=True)
             attention.append(weights)
+        return {"sequence": x, "attention": attention, "mask": mask}
+
+    def call(self, history_embeddings, history_length, training=None, return_attention=False):
+        encoded = self.encode_sequence(history_embeddings, history_length, training=training)
+        x, attention, mask = encoded["sequence"], encoded["attention"], encoded["mask"]
         user_vector, pooling_weights = self.pooling_layer(
             x, mask=mask, training=training, return_weights=True
         )

@@ -1,0 +1,828 @@
+"""Causal sequence training: every position of a user's sequence predicts the next item.
+
+The ``next_item_causal`` objective (SASRec's, with the full-softmax loss of
+"SASRec+"): a user's click sequence ``x_0 .. x_n`` is fed to the causal user
+encoder, and the state after click ``i`` is trained to score ``x_{i+1}``
+above every other item of the catalogue (tied input/output item vectors:
+the output item vectors are the item encoder's). Serving is unchanged: with
+``pooling="last"`` the user vector is the state after the last click, which
+is exactly what the position of that click was trained to be.
+
+Training data come from the prepared examples (``train.parquet``): per user,
+the last training example's history plus its clicked item is the training
+sequence (its most recent ``L + 1`` clicks: ``L`` inputs, ``L`` targets). For
+incremental training on a time window, only the positions whose target falls
+in the window are trained (``since``).
+
+The run directory has the layout of ``feedrec train`` (``model.keras`` is the
+plain :class:`feedrec.models.FeedRecModel`), so ``feedrec evaluate`` and
+``feedrec export`` work on it; ``sequential.json`` records the objective.
+
+Settings (:class:`SequentialConfig`) sit in a ``[sequential]`` table beside
+``[model]`` and ``[train]``; see ``benchmarks/configs/`` for examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from feedrec.config import Config
+from feedrec.data import Batch, load_split, pad_lists, split_path
+from feedrec.runs import atomic_directory, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("next_item_causal",)
+SEQUENTIAL_LOSSES = ("full_softmax", "sampled_softmax")
+SCHEDULES = ("constant", "cosine")
+#: Item indices below this are padding and OOV: never a target, never a logit column.
+FIRST_ITEM_INDEX = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SequentialConfig:
+    """How to train on sequences (the ``[sequential]`` table).
+
+    Attributes:
+        objective: ``"next_item_causal"``: every position predicts the next item.
+        loss: ``"full_softmax"`` (cross-entropy over the whole catalogue) or
+            ``"sampled_softmax"`` (against ``num_negatives`` items sampled per
+            batch, uniformly or by popularity, with the logQ correction).
+        num_negatives: negatives per batch for ``sampled_softmax``.
+        negative_sampling: ``"uniform"`` or ``"popularity"`` (training counts).
+        schedule: learning-rate schedule over the planned steps:
+            ``"constant"`` or ``"cosine"`` (decay to ``min_learning_rate``).
+        warmup_steps: linear warm-up steps. Defaults to 0.
+        min_learning_rate: floor of the cosine schedule. Defaults to 0.
+        validate_every: epochs between validations (full-catalogue
+            ``validation_metric`` on ``valid.parquet``). 0 = never.
+        patience: validations without improvement before stopping (0 = train
+            all epochs); the best validated weights are kept either way.
+        validation_metric: e.g. ``"ndcg@10"``.
+        max_train_seconds: stop once training has taken this long (checked
+            after every batch), or None.
+        width_multiple: batches are padded to a multiple of this width (users
+            of similar length are batched together, so short users do not pay
+            for long ones).
+        item_embedding_stddev: re-draw the item ID embeddings from
+            ``N(0, stddev)`` before training; None keeps the item encoder's
+            initialiser (uniform in +-0.05, small beside the position
+            embeddings, and slow to grow into confident output logits).
+        validation_sampled_negatives: also record, at each validation, the
+            metrics against this many uniform negatives (the SASRec protocol,
+            ``sampled_uniform_K``), for learning curves; 0 = not. Model
+            selection always uses the full-catalogue metric.
+    """
+
+    objective: str = "next_item_causal"
+    loss: str = "full_softmax"
+    num_negatives: int = 1024
+    negative_sampling: str = "uniform"
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_learning_rate: float = 0.0
+    validate_every: int = 1
+    patience: int = 0
+    validation_metric: str = "ndcg@10"
+    max_train_seconds: float | None = None
+    width_multiple: int = 16
+    item_embedding_stddev: float | None = None
+    validation_sampled_negatives: int = 0
+
+    def __post_init__(self) -> None:
+        for name, choices in (
+            ("objective", OBJECTIVES),
+            ("loss", SEQUENTIAL_LOSSES),
+            ("schedule", SCHEDULES),
+            ("negative_sampling", ("uniform", "popularity")),
+        ):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"`{name}` should be one of {choices}. Received: {name}={value!r}")
+        for name in ("num_negatives", "width_multiple"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "validate_every", "patience", "validation_sampled_negatives"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.min_learning_rate < 0:
+            raise ValueError(
+                "`min_learning_rate` should be non-negative. "
+                f"Received: min_learning_rate={self.min_learning_rate}"
+            )
+        if self.item_embedding_stddev is not None and self.item_embedding_stddev <= 0:
+            raise ValueError(
+                "`item_embedding_stddev` should be positive or None. "
+                f"Received: item_embedding_stddev={self.item_embedding_stddev}"
+            )
+        if self.max_train_seconds is not None and self.max_train_seconds <= 0:
+            raise ValueError(
+                "`max_train_seconds` should be positive or None. "
+                f"Received: max_train_seconds={self.max_train_seconds}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "[sequential]") -> SequentialConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {unknown}; known: {sorted(fields)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`{name}` should be an integer >= {minimum}. Received: {name}={value!r}")
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+    """Training sequences, right-padded.
+
+    Attributes:
+        items: int32 ``(N, L)``, the input clicks, oldest first, 0 = padding.
+        lengths: int32 ``(N,)``, real clicks per row.
+        targets: int32 ``(N, L)``, the item that follows each input click;
+            0 where there is nothing to learn (padding, or a position outside
+            the trained window).
+        users: the user of each row.
+    """
+
+    items: np.ndarray
+    lengths: np.ndarray
+    targets: np.ndarray
+    users: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets >= FIRST_ITEM_INDEX).sum())
+
+
+def click_order(table: pa.Table) -> np.ndarray:
+    """Row order by (user, time, click number): the n of the key ``"{user}/{n}"``.
+
+    Click logs number each user's clicks in the key; rows whose key has no
+    number keep their table order among equal times.
+    """
+    users = pc.dictionary_encode(table.column("user_id").combine_chunks()).indices.to_numpy()
+    times = table.column("time").to_numpy()
+    number = np.arange(table.num_rows)
+    if "example_key" in table.column_names:
+        keys = table.column("example_key").combine_chunks()
+        if pc.all(pc.match_substring_regex(keys, r"/\d+$")).as_py():
+            found = pc.extract_regex(keys, r"/(?P<n>\d+)$").field("n")
+            number = pc.cast(found, pa.int64()).to_numpy()
+    return np.lexsort((number, times, users))
+
+
+def sequences_from_examples(
+    table: pa.Table, max_length: int, since: int | None = None
+) -> Sequences:
+    """Per user, the last example's history plus its click, as a training sequence.
+
+    Args:
+        table: click-log examples (``pipelines.schema.EXAMPLES`` columns
+            ``user_id``, ``time``, ``history``, ``candidates``, ``labels``; the
+            clicked candidate is the one labelled 1).
+        max_length: int. ``L``: the most recent ``L + 1`` clicks are kept.
+        since: int or None. Train only the positions whose target was clicked
+            at or after this time (the user's examples with ``time >= since``);
+            None trains every position.
+
+    Returns:
+        :class:`Sequences`, one row per user, users in sorted order.
+    """
+    _check_int("max_length", max_length, minimum=1)
+    if table.num_rows == 0:
+        empty = np.zeros((0, max_length), np.int32)
+        return Sequences(empty, np.zeros(0, np.int32), empty.copy(), np.zeros(0, object))
+    order = click_order(table)
+    users = table.column("user_id").combine_chunks().take(pa.array(order))
+    codes = pc.dictionary_encode(users).indices.to_numpy()
+    last_of_user = np.flatnonzero(np.r_[codes[1:] != codes[:-1], True])
+    rows = order[last_of_user]
+    last = table.take(pa.array(rows))
+    histories, history_lengths = pad_lists(last.column("history"), max_length, keep="last")
+    clicked = _clicked_items(last)
+    # sequence = kept history + the click, then inputs = seq[:-1], targets = seq[1:]
+    n = len(rows)
+    sequence = np.zeros((n, max_length + 1), np.int64)
+    sequence[:, :max_length] = histories
+    sequence[np.arange(n), history_lengths] = clicked
+    lengths = history_lengths.astype(np.int32)  # inputs: the history; targets shift by one
+    positions = np.arange(max_length)[None, :]
+    targets = np.where(positions < lengths[:, None], sequence[:, 1:], 0)
+    # the first input is history[0]; its target is history[1] (or the click)
+    items = np.where(positions < lengths[:, None], sequence[:, :max_length], 0)
+    if since is not None:
+        times = table.column("time").to_numpy()[order]
+        new = np.bincount(codes[times >= since], minlength=n)
+        trained = positions >= (lengths - new)[:, None]
+        targets = np.where(trained, targets, 0)
+    users_out = np.asarray(pc.unique(users).to_pylist(), dtype=object)
+    return Sequences(
+        items=items.astype(np.int32),
+        lengths=lengths,
+        targets=np.where(targets >= FIRST_ITEM_INDEX, targets, 0).astype(np.int32),
+        users=users_out,
+    )
+
+
+def _clicked_items(table: pa.Table) -> np.ndarray:
+    width = max(1, int(pc.max(pc.list_value_length(table.column("candidates"))).as_py() or 1))
+    candidates, _ = pad_lists(table.column("candidates"), width, keep="first")
+    labels, _ = pad_lists(table.column("labels"), width, keep="first", pad=-1)
+    clicked = labels == 1
+    return np.where(clicked.any(axis=1), candidates[np.arange(len(labels)), clicked.argmax(1)], 0)
+
+
+def load_training_sequences(data_dir: str | Path, max_length: int) -> Sequences:
+    """:func:`sequences_from_examples` of ``train.parquet``, reading only each user's last row.
+
+    The histories of the other rows (most of the file) are never decoded.
+    """
+    path = split_path(data_dir, "train")
+    keys = pq.read_table(path, columns=["example_key", "user_id", "time"])
+    order = click_order(keys)
+    codes = pc.dictionary_encode(keys.column("user_id").combine_chunks()).indices.to_numpy()
+    sorted_codes = codes[order]
+    wanted = np.sort(order[np.flatnonzero(np.r_[sorted_codes[1:] != sorted_codes[:-1], True])])
+    columns = ["example_key", "user_id", "time", "history", "candidates", "labels"]
+    pieces, offset = [], 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
+        local = wanted[(wanted >= offset) & (wanted < offset + batch.num_rows)] - offset
+        if len(local):
+            pieces.append(pa.Table.from_batches([batch]).take(pa.array(local)))
+        offset += batch.num_rows
+    table = pa.concat_tables(pieces) if pieces else keys.slice(0, 0)
+    return sequences_from_examples(table, max_length)
+
+
+def batch_indices(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 64
+) -> list[np.ndarray]:
+    """Shuffled batches of rows of similar length.
+
+    Rows are shuffled, cut into pools of ``pool`` batches, sorted by length
+    within a pool and batched; the batches are then shuffled. Short rows thus
+    share batches with short rows (less padding) while every epoch mixes users.
+    """
+    order = rng.permutation(len(lengths))
+    batches = []
+    span = batch_size * pool
+    for start in range(0, len(order), span):
+        chunk = order[start : start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def SequenceBatches(sequences: Sequences, batch_size: int, seed: int, width_multiple: int = 16):  # noqa: N802
+    """A ``keras.utils.PyDataset`` of ``({"items", "lengths"}, targets)`` batches.
+
+    Each batch is cut to its longest row rounded up to ``width_multiple``;
+    a new seeded shuffle every epoch. Rows without any target are dropped.
+    """
+    import keras
+
+    keep = (sequences.targets >= FIRST_ITEM_INDEX).any(axis=1)
+    items, lengths = sequences.items[keep], sequences.lengths[keep]
+    targets = sequences.targets[keep]
+    full_width = items.shape[1]
+
+    class _Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self._make()
+
+        def _make(self):
+            rng = np.random.default_rng([seed, self.epoch])
+            self.batches = batch_indices(lengths, batch_size, rng)
+
+        def __len__(self):
+            return len(self.batches)
+
+        def __getitem__(self, index):
+            rows = self.batches[index]
+            longest = int(lengths[rows].max()) if len(rows) else 1
+            width = min(full_width, -(-max(longest, 1) // width_multiple) * width_multiple)
+            return (
+                {"items": items[rows, :width], "lengths": lengths[rows]},
+                targets[rows, :width],
+            )
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self._make()
+
+    return _Batches()
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
+    recommender,
+    loss: str = "full_softmax",
+    num_negatives: int = 1024,
+    sampling_weights: np.ndarray | None = None,
+    seed: int = 0,
+):
+    """A ``keras.Model`` that trains ``recommender`` on the next-item objective.
+
+    Its ``call`` returns the causal user states ``(batch, width, dim)``; the loss
+    scores the states at positions with a target against the catalogue's item
+    vectors (the recommender's own item encoder: tied embeddings) with
+    :class:`feedrec.tasks.next_item_loss.NextItemSoftmaxLoss`:
+
+    * ``full_softmax``: logits over every item, padding and OOV masked;
+    * ``sampled_softmax``: the target against ``num_negatives`` items drawn
+      per batch (shared by its positions) from ``sampling_weights`` (uniform
+      when None), logits corrected by ``-log q`` (logQ, with keras-rs'
+      ``SamplingProbabilityCorrection``); a negative equal to the row's target
+      is masked (keras-rs 0.4's ``RemoveAccidentalHits`` adds ~1e-40 instead of
+      a large negative, a no-op: keras-team/keras-rs#206).
+
+    Only ``recommender`` is saved; the trainer is a training harness.
+    """
+    import keras
+    import keras_rs
+    import tensorflow as tf
+    from keras import ops
+
+    from feedrec.layers.masking import large_negative
+    from feedrec.tasks.next_item_loss import NextItemSoftmaxLoss
+
+    if loss not in SEQUENTIAL_LOSSES:
+        raise ValueError(f"`loss` should be one of {SEQUENTIAL_LOSSES}. Received: loss={loss!r}")
+    num_items = int(recommender.item_encoder.num_items)
+    if loss == "sampled_softmax" and num_negatives >= num_items - FIRST_ITEM_INDEX:
+        raise ValueError(
+            "`num_negatives` should be below the number of real items. Received: "
+            f"num_negatives={num_negatives}, num_items={num_items}"
+        )
+
+    def normalised(sampling_weights) -> np.ndarray:
+        weights = np.zeros(num_items)
+        if sampling_weights is None:
+            weights[:] = 1.0
+        else:
+            given = np.asarray(sampling_weights, np.float64)[:num_items]
+            weights[: len(given)] = given
+        weights[:FIRST_ITEM_INDEX] = 0.0
+        if weights.sum() <= 0 or (weights < 0).any():
+            raise ValueError(
+                "`sampling_weights` should be non-negative and give some real item a "
+                f"positive weight. Received: sum={weights.sum()}, min={weights.min()}"
+            )
+        return (weights / weights.sum()).astype(np.float32)
+
+    probabilities = normalised(sampling_weights)
+
+    class _Trainer(keras.Model):
+        def __init__(self):
+            super().__init__(name="next_item_trainer")
+            self.recommender = recommender
+            self.next_item_loss = NextItemSoftmaxLoss()
+            self.correction = keras_rs.layers.SamplingProbabilityCorrection()
+            self.log_probabilities = tf.Variable(
+                np.log(np.maximum(probabilities, 1e-30)), trainable=False, name="log_q"
+            )
+            self.generator = tf.random.Generator.from_seed(seed)
+            self.all_items = tf.range(num_items, dtype=tf.int32)
+
+        def set_sampling_weights(self, weights) -> None:
+            """New ``(num_items,)`` weights for ``sampled_softmax`` (e.g. recent clicks)."""
+            self.log_probabilities.assign(np.log(np.maximum(normalised(weights), 1e-30)))
+
+        def call(self, inputs, training=None):
+            return self.recommender.sequence_embedding(
+                inputs["items"], inputs["lengths"], training=training
+            )
+
+        def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+            targets = ops.cast(y, "int32")
+            keep = targets >= FIRST_ITEM_INDEX
+            states = tf.boolean_mask(y_pred, keep)
+            positives = tf.boolean_mask(targets, keep)
+            states = ops.cast(states, "float32")
+            if loss == "full_softmax":
+                catalogue = ops.cast(self.recommender.item_embedding(self.all_items), "float32")
+                logits = ops.matmul(states, ops.transpose(catalogue))
+                reserved = ops.arange(num_items) < FIRST_ITEM_INDEX
+                logits = ops.where(reserved[None, :], large_negative("float32"), logits)
+                value = self.next_item_loss(positives, logits)
+            else:
+                value = self._sampled(states, positives)
+            return value + (ops.sum(self.losses) if self.losses else 0.0)
+
+        def _sampled(self, states, positives):
+            negatives = tf.random.stateless_categorical(
+                self.log_probabilities[None, :],
+                num_negatives,
+                seed=self.generator.make_seeds(1)[:, 0],
+                dtype=tf.int32,
+            )[0]
+            logits = sampled_softmax_logits(
+                states,
+                self.recommender.item_embedding(positives),
+                self.recommender.item_embedding(negatives),
+                positives,
+                negatives,
+                self.log_probabilities,
+                correction=self.correction,
+            )
+            return self.next_item_loss(ops.zeros_like(positives), logits)
+
+    return _Trainer()
+
+
+def sampled_softmax_logits(
+    states,
+    positive_vectors,
+    negative_vectors,
+    positives,
+    negatives,
+    log_probabilities,
+    correction=None,
+):
+    """Logits ``(positions, 1 + K)``: the positive in column 0, then shared negatives.
+
+    Each logit is corrected by minus the log of its item's sampling
+    probability (logQ; the expected count is ``K`` times it, and ``log K`` is
+    common to all columns), and a negative equal to the row's positive gets a
+    large negative logit (an accidental hit must not count against itself).
+
+    Args:
+        states: float ``(positions, dim)``.
+        positive_vectors: float ``(positions, dim)``, the targets' vectors.
+        negative_vectors: float ``(K, dim)``.
+        positives: int ``(positions,)`` target items.
+        negatives: int ``(K,)`` sampled items.
+        log_probabilities: float ``(num_items,)`` log sampling probabilities.
+        correction: a ``keras_rs.layers.SamplingProbabilityCorrection`` or
+            None (one is made).
+    """
+    import keras_rs
+    from keras import ops
+
+    from feedrec.layers.masking import large_negative
+
+    correction = correction or keras_rs.layers.SamplingProbabilityCorrection()
+    states = ops.cast(states, "float32")
+    positive_logits = ops.sum(
+        states * ops.cast(positive_vectors, "float32"), axis=-1, keepdims=True
+    )
+    negative_logits = ops.matmul(states, ops.transpose(ops.cast(negative_vectors, "float32")))
+    positive_q = ops.exp(ops.take(log_probabilities, positives))[:, None]
+    negative_q = ops.exp(ops.take(log_probabilities, negatives))[None, :]
+    positive_logits = correction(positive_logits, positive_q)
+    negative_logits = correction(
+        negative_logits, ops.broadcast_to(negative_q, ops.shape(negative_logits))
+    )
+    hit = ops.equal(ops.expand_dims(positives, -1), ops.expand_dims(negatives, 0))
+    negative_logits = ops.where(hit, large_negative("float32"), negative_logits)
+    return ops.concatenate([positive_logits, negative_logits], axis=-1)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def NextItemValidation(  # noqa: N802 - factory that returns a keras Callback
+    recommender,
+    valid_batch: Batch,
+    exclude: list[np.ndarray],
+    *,
+    every: int = 1,
+    patience: int = 0,
+    metric: str = "ndcg@10",
+    max_train_seconds: float | None = None,
+    sampled_negatives: int = 0,
+):
+    """Full-catalogue validation every ``every`` epochs; early stopping; a time budget.
+
+    Adds ``val_<metric>`` (and ``val_hr@10``) to the epoch logs when it
+    validates, keeps the weights of the best validation, restores them at the
+    end, stops after ``patience`` validations without improvement (0 = never)
+    and once training has run ``max_train_seconds``. Each validation is kept
+    in ``validations`` with its time since the start of training; with
+    ``sampled_negatives`` it also holds the ``sampled_uniform_K`` metrics
+    (prefixed ``"sampled_uniform_K/"``), which are never used for selection.
+    """
+    import keras
+
+    from feedrec.evaluation import model_scorer, next_item_targets
+    from feedrec.next_item import FULL, evaluate_next_item
+
+    targets = next_item_targets(valid_batch)
+    num_items = int(recommender.item_encoder.num_items)
+    cutoff = int(metric.split("@")[1]) if "@" in metric else 10
+
+    class _Validation(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best, self.best_epoch, self.best_weights = -np.inf, -1, None
+            self.waited = 0
+            self.validations: list[dict] = []
+            self.started = None
+            self.stopped_for_time = False
+
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if max_train_seconds and time.perf_counter() - self.started > max_train_seconds:
+                self.stopped_for_time = True
+                self.model.stop_training = True
+
+        def validate(self, epoch: int) -> dict:
+            seconds = time.perf_counter() - self.started
+            sampled = (("uniform", sampled_negatives),) if sampled_negatives else ()
+            scored = evaluate_next_item(
+                {"model": model_scorer(recommender, valid_batch)},
+                targets,
+                exclude,
+                num_items,
+                sampled=sampled,
+                cutoffs=sorted({10, cutoff}),
+            )
+            record = {"epoch": epoch + 1, "seconds": seconds}
+            record.update({k: v for k, v in scored.pop(FULL)["model"].items() if "@" in k})
+            for protocol, by_scorer in scored.items():
+                record.update(
+                    {f"{protocol}/{k}": v for k, v in by_scorer["model"].items() if "@" in k}
+                )
+            self.validations.append(record)
+            return record
+
+        def on_epoch_end(self, epoch, logs=None):
+            last = self.stopped_for_time or self.model.stop_training
+            if not every or ((epoch + 1) % every and not last):
+                return
+            record = self.validate(epoch)
+            value = record[metric]
+            if logs is not None:
+                logs[f"val_{metric}"] = value
+                logs["val_hr@10"] = record["hr@10"]
+            logger.info("epoch %d: validation %s %.4f", epoch + 1, metric, value)
+            if value > self.best:
+                self.best, self.best_epoch, self.waited = value, epoch, 0
+                self.best_weights = recommender.get_weights()
+            else:
+                self.waited += 1
+                if patience and self.waited >= patience:
+                    self.model.stop_training = True
+
+        def on_train_end(self, logs=None):
+            if self.best_weights is not None:
+                recommender.set_weights(self.best_weights)
+
+    return _Validation()
+
+
+def build_sequential_model(
+    config: Config, data_dir: str | Path, sequential: SequentialConfig | None = None
+):
+    """The recommender (causal user encoder) for ``data_dir``'s vocabulary."""
+    import keras
+
+    from feedrec.models.recommender import build_model
+    from feedrec.training import feature_tables
+
+    manifest = read_json(Path(data_dir) / "manifest.json")
+    tables, vocab_sizes = feature_tables(data_dir, config.model.item_features)
+    model = build_model(
+        config.model,
+        int(manifest["num_items"]),
+        tables,
+        vocab_sizes,
+        num_id_items=manifest.get("num_id_items"),
+        causal=True,
+    )
+    if sequential is not None and sequential.item_embedding_stddev:
+        table = model.item_encoder.item_embedding.embeddings
+        initializer = keras.initializers.RandomNormal(
+            stddev=sequential.item_embedding_stddev, seed=config.train.seed
+        )
+        table.assign(initializer(table.shape, dtype=table.dtype))
+    return model, vocab_sizes
+
+
+def make_optimizer(train_config, sequential: SequentialConfig, total_steps: int):
+    """Adam (``LazyAdam`` with ``sparse_updates``) with the schedule over ``total_steps`` steps."""
+    import keras
+
+    from feedrec.training import LazyAdam
+
+    rate = train_config.learning_rate
+    if sequential.schedule == "cosine":
+        decay_steps = max(1, total_steps - sequential.warmup_steps)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if sequential.warmup_steps else rate,
+            decay_steps=decay_steps,
+            alpha=sequential.min_learning_rate / rate,
+            warmup_target=rate if sequential.warmup_steps else None,
+            warmup_steps=sequential.warmup_steps,
+        )
+    elif sequential.warmup_steps:
+        learning_rate = _Warmup(rate, sequential.warmup_steps)
+    else:
+        learning_rate = rate
+    if train_config.sparse_updates:
+        return LazyAdam(learning_rate)
+    return keras.optimizers.Adam(learning_rate)
+
+
+def _Warmup(rate: float, steps: int):  # noqa: N802
+    import keras
+    from keras import ops
+
+    class Warmup(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            fraction = ops.minimum(1.0, (ops.cast(step, "float32") + 1.0) / steps)
+            return rate * fraction
+
+        def get_config(self):
+            return {"rate": rate, "steps": steps}
+
+    return Warmup()
+
+
+def compile_trainer(
+    recommender, config: Config, sequential: SequentialConfig, total_steps: int, counts=None
+):
+    """A compiled :func:`NextItemTrainer` for ``recommender``."""
+    weights = counts if sequential.negative_sampling == "popularity" else None
+    trainer = NextItemTrainer(
+        recommender,
+        loss=sequential.loss,
+        num_negatives=sequential.num_negatives,
+        sampling_weights=weights,
+        seed=config.train.seed,
+    )
+    import tensorflow as tf
+
+    from feedrec.training import resolve_settings
+
+    settings = resolve_settings(config.train, gpu=bool(tf.config.list_physical_devices("GPU")))
+    trainer.compile(
+        optimizer=make_optimizer(config.train, sequential, total_steps),
+        jit_compile=settings.jit_compile,
+    )
+    return trainer
+
+
+def train_sequential(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: Config | None = None,
+    sequential: SequentialConfig | None = None,
+    *,
+    overwrite: bool = False,
+    verbose: int | None = None,
+) -> dict:
+    """Train a causal next-item recommender on ``DATA_DIR`` and write ``RUN_DIR``.
+
+    Args:
+        data_dir: a click-log or sequences directory from ``feedrec prepare``.
+        out_dir: the run directory to write (``feedrec train``'s layout plus
+            ``sequential.json``).
+        config: model and train settings; ``model.pooling`` should be
+            ``"last"`` (warned otherwise: serving would pool differently
+            from training).
+        sequential: the objective's settings. Defaults to ``SequentialConfig()``.
+        overwrite: replace a non-empty ``out_dir``.
+        verbose: Keras verbosity; None = a progress bar on a terminal, one
+            line per epoch otherwise.
+
+    Returns:
+        The training history: per-epoch loss, validations, best epoch, seconds.
+    """
+    import keras
+
+    from feedrec.evaluation import click_log, earlier_items, item_counts
+
+    config = config or Config()
+    sequential = sequential or SequentialConfig()
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{manifest_path} not found: DATA_DIR must be written by `feedrec prepare`"
+        )
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite")
+    if config.model.pooling != "last":
+        logger.warning(
+            "pooling=%r: the next-item objective trains the state after each click; "
+            "serving pools differently unless pooling='last'",
+            config.model.pooling,
+        )
+    length = config.model.history_length
+    started = time.perf_counter()
+    sequences = load_training_sequences(data_dir, length)
+    if sequences.num_targets == 0:
+        raise ValueError(f"{split_path(data_dir, 'train')} has no sequence to train on")
+    logger.info(
+        "next-item training on %d sequences, %d targets", len(sequences), sequences.num_targets
+    )
+    keras.utils.set_random_seed(config.train.seed)
+    model, vocab_sizes = build_sequential_model(config, data_dir, sequential)
+    counts = item_counts(data_dir / "items.parquet")
+    batches = SequenceBatches(
+        sequences, config.train.batch_size, config.train.seed, sequential.width_multiple
+    )
+    trainer = compile_trainer(
+        model, config, sequential, config.train.epochs * len(batches), counts=counts
+    )
+    callbacks = []
+    valid_path = data_dir / "valid.parquet"
+    if sequential.validate_every and valid_path.exists() and pq.read_metadata(valid_path).num_rows:
+        valid_batch = load_split(data_dir, "valid", length)
+        exclude = earlier_items(click_log(data_dir), valid_batch)
+        callbacks.append(
+            NextItemValidation(
+                model,
+                valid_batch,
+                exclude,
+                every=sequential.validate_every,
+                patience=sequential.patience,
+                metric=sequential.validation_metric,
+                max_train_seconds=sequential.max_train_seconds,
+                sampled_negatives=sequential.validation_sampled_negatives,
+            )
+        )
+    elif sequential.max_train_seconds:
+        callbacks.append(_TimeBudget(sequential.max_train_seconds))
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    fit_started = time.perf_counter()
+    fit = trainer.fit(batches, epochs=config.train.epochs, callbacks=callbacks, verbose=verbose)
+    history: dict[str, Any] = {k: [float(v) for v in values] for k, values in fit.history.items()}
+    history["train_seconds"] = time.perf_counter() - fit_started
+    history["setup_seconds"] = fit_started - started
+    history["epochs_run"] = len(history.get("loss", []))
+    if callbacks and hasattr(callbacks[0], "validations"):
+        history["validations"] = callbacks[0].validations
+        if callbacks[0].best_epoch >= 0:
+            history["best_epoch"] = callbacks[0].best_epoch + 1
+        history["stopped_for_time"] = callbacks[0].stopped_for_time
+
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        model.save(tmp / "model.keras")
+        write_json(tmp / "config.json", config.to_dict())
+        write_json(tmp / "sequential.json", sequential.to_dict())
+        write_json(
+            tmp / "data.json",
+            {
+                "data_dir": str(data_dir.resolve()),
+                "num_items": int(model.item_encoder.num_items),
+                "feature_vocab_sizes": vocab_sizes,
+                "format": read_json(manifest_path).get("format"),
+                "train_sequences": len(sequences),
+                "train_targets": sequences.num_targets,
+            },
+        )
+        (tmp / "items.parquet").write_bytes((data_dir / "items.parquet").read_bytes())
+        write_json(tmp / "history.json", history)
+    logger.info("wrote run directory %s", out_dir)
+    return history
+
+
+def _TimeBudget(seconds: float):  # noqa: N802
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if time.perf_counter() - self.started > seconds:
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
+def epochs_for(seconds: float, epoch_seconds: float) -> int:
+    """How many whole epochs of ``epoch_seconds`` fit in ``seconds`` (at least 1)."""
+    return max(1, math.floor(seconds / max(epoch_seconds, 1e-9)))

@@ -1,0 +1,280 @@
+"""Causal next-item training: data, the objective, and a run evaluated by the next-item protocol."""
+
+import json
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from feedrec.config import Config, ModelConfig, TrainConfig
+from feedrec.data import load_split
+from feedrec.evaluation import (
+    click_log,
+    earlier_items,
+    evaluate_run,
+    format_table,
+    resolve_protocol,
+)
+from feedrec.models.recommender import build_model
+from feedrec.next_item import FULL
+from feedrec.sequential import (
+    NextItemTrainer,
+    SequenceBatches,
+    SequentialConfig,
+    batch_indices,
+    click_order,
+    load_training_sequences,
+    sampled_softmax_logits,
+    sequences_from_examples,
+    train_sequential,
+)
+from pipelines.prepare import PrepareOptions, prepare
+
+TINY = ModelConfig(
+    history_length=6,
+    embedding_dim=8,
+    num_heads=2,
+    num_layers=1,
+    feed_forward_dim=16,
+    dropout=0.0,
+    pooling="last",
+    item_features=(),
+)
+
+
+def examples(rows):
+    """A click-log examples table from ``(user, n, time, history, clicked)`` tuples."""
+    return pa.table(
+        {
+            "example_key": [f"{user}/{n}" for user, n, *_ in rows],
+            "user_id": [user for user, *_ in rows],
+            "time": pa.array([time for _, _, time, _, _ in rows], pa.int64()),
+            "history": pa.array([history for *_, history, _ in rows], pa.list_(pa.int32())),
+            "candidates": pa.array([[clicked, 9] for *_, clicked in rows], pa.list_(pa.int32())),
+            "labels": pa.array([[1, 0] for _ in rows], pa.list_(pa.int8())),
+        }
+    )
+
+
+# ---------------------------------------------------------------- sequences
+
+
+def test_sequence_is_the_last_history_plus_its_click_shifted_by_one():
+    table = examples(
+        [
+            ("b", 0, 5, [], 7),
+            ("a", 1, 10, [2], 3),
+            ("a", 2, 20, [2, 3], 4),
+            ("a", 0, 1, [], 2),
+            ("b", 1, 6, [7], 8),
+        ]
+    )
+    seqs = sequences_from_examples(table, max_length=4)
+    assert seqs.users.tolist() == ["b", "a"] or seqs.users.tolist() == ["a", "b"]
+    by_user = {user: row for row, user in enumerate(seqs.users)}
+    a, b = by_user["a"], by_user["b"]
+    assert seqs.items[a].tolist() == [2, 3, 0, 0] and seqs.lengths[a] == 2
+    assert seqs.targets[a].tolist() == [3, 4, 0, 0]
+    assert seqs.items[b].tolist() == [7, 0, 0, 0]
+    assert seqs.targets[b].tolist() == [8, 0, 0, 0]
+    assert seqs.num_targets == 3
+
+
+def test_long_sequences_keep_the_most_recent_clicks():
+    table = examples([("u", 9, 90, [2, 3, 4, 5, 6, 7], 8)])
+    seqs = sequences_from_examples(table, max_length=3)
+    assert seqs.items[0].tolist() == [5, 6, 7]
+    assert seqs.targets[0].tolist() == [6, 7, 8]
+
+
+def test_since_trains_only_the_targets_clicked_in_the_window():
+    table = examples(
+        [
+            ("u", 0, 1, [], 2),
+            ("u", 1, 2, [2], 3),
+            ("u", 2, 30, [2, 3], 4),
+            ("u", 3, 40, [2, 3, 4], 5),
+        ]
+    )
+    seqs = sequences_from_examples(table, max_length=5, since=30)
+    assert seqs.items[0].tolist() == [2, 3, 4, 0, 0]
+    assert seqs.targets[0].tolist() == [0, 4, 5, 0, 0]  # targets 4 and 5 were clicked at >= 30
+
+
+def test_click_order_breaks_time_ties_by_click_number():
+    table = examples([("u", 10, 5, [], 3), ("u", 2, 5, [], 2), ("u", 1, 1, [], 4)])
+    assert click_order(table).tolist() == [2, 1, 0]
+
+
+def test_batches_cover_every_row_once_and_group_similar_lengths():
+    lengths = np.array([1, 9, 2, 8, 3, 7, 1, 9])
+    batches = batch_indices(lengths, batch_size=2, rng=np.random.default_rng(0), pool=4)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(8))
+    spreads = [lengths[b].max() - lengths[b].min() for b in batches]
+    assert max(spreads) <= 2
+    again = batch_indices(lengths, batch_size=2, rng=np.random.default_rng(0), pool=4)
+    assert [b.tolist() for b in batches] == [b.tolist() for b in again]
+
+
+def test_batches_are_cut_to_a_multiple_of_the_width():
+    table = examples([("a", 1, 2, [2, 3], 4), ("b", 1, 2, [5], 6)])
+    seqs = sequences_from_examples(table, max_length=40)
+    inputs, targets = SequenceBatches(seqs, batch_size=8, seed=0, width_multiple=16)[0]
+    assert inputs["items"].shape == (2, 16) and targets.shape == (2, 16)
+    assert sorted(inputs["lengths"].tolist()) == [1, 2]
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_every_position_equals_serving_on_the_prefix():
+    keras.utils.set_random_seed(0)
+    model = build_model(TINY, num_items=20, causal=True)
+    history = np.array([[5, 7, 9, 11, 0, 0]], "int32")
+    states = keras.ops.convert_to_numpy(model.sequence_embedding(history, np.array([4])))
+    for cut in range(1, 5):
+        prefix = np.where(np.arange(6) < cut, history, 0).astype("int32")
+        garbage = np.where(np.arange(6) < cut, history, 13).astype("int32")
+        for served in (prefix, garbage):
+            vector = keras.ops.convert_to_numpy(model.user_embedding(served, np.array([cut])))
+            np.testing.assert_allclose(vector[0], states[0, cut - 1], atol=1e-5)
+    np.testing.assert_array_equal(states[0, 4:], 0.0)
+
+
+def test_full_softmax_loss_by_hand():
+    keras.utils.set_random_seed(1)
+    model = build_model(TINY, num_items=12, causal=True)
+    trainer = NextItemTrainer(model, loss="full_softmax")
+    x = {"items": np.array([[2, 3, 4, 0], [5, 0, 0, 0]], "int32"), "lengths": np.array([3, 1])}
+    y = np.array([[3, 4, 0, 0], [6, 0, 0, 0]], "int32")  # position (0, 2): nothing to learn
+    states = trainer(x)
+    loss = float(trainer.compute_loss(x, y, states))
+    states = keras.ops.convert_to_numpy(states)
+    items = keras.ops.convert_to_numpy(model.item_embedding(np.arange(12)))
+    expected = []
+    for row, col in [(0, 0), (0, 1), (1, 0)]:
+        logits = items[2:] @ states[row, col]  # padding and OOV never compete
+        target = y[row, col] - 2
+        expected.append(np.log(np.exp(logits).sum()) - logits[target])
+    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_sampled_logits_correct_by_log_probability_and_mask_accidental_hits():
+    states = np.array([[1.0, 0.0], [0.0, 2.0]], "float32")
+    vectors = {4: [1.0, 1.0], 5: [0.5, 0.0], 6: [0.0, 1.0]}
+    positives = np.array([4, 6])
+    negatives = np.array([5, 6])
+    probabilities = np.array([0.0, 0.0, 0.1, 0.1, 0.2, 0.4, 0.2], "float32")
+    logits = keras.ops.convert_to_numpy(
+        sampled_softmax_logits(
+            states,
+            np.array([vectors[4], vectors[6]], "float32"),
+            np.array([vectors[5], vectors[6]], "float32"),
+            positives,
+            negatives,
+            np.log(np.maximum(probabilities, 1e-30)),
+        )
+    )
+    assert logits.shape == (2, 3)
+    np.testing.assert_allclose(logits[0], [1 - np.log(0.2), 0.5 - np.log(0.4), -np.log(0.2)])
+    np.testing.assert_allclose(logits[1, :2], [2 - np.log(0.2), 0 - np.log(0.4)], rtol=1e-6)
+    assert logits[1, 2] < -1e8  # item 6 is row 1's own target
+
+
+def test_sampled_softmax_trains_and_refuses_too_many_negatives():
+    keras.utils.set_random_seed(2)
+    model = build_model(TINY, num_items=30, causal=True)
+    trainer = NextItemTrainer(model, loss="sampled_softmax", num_negatives=8, seed=3)
+    trainer.compile(optimizer=keras.optimizers.Adam(0.05))
+    x = {"items": np.array([[2, 3, 4, 5]] * 4, "int32"), "lengths": np.array([4] * 4)}
+    y = np.array([[3, 4, 5, 6]] * 4, "int32")
+    first = float(trainer.train_on_batch(x, y))
+    for _ in range(15):
+        last = float(trainer.train_on_batch(x, y))
+    assert np.isfinite(last) and last < first
+    with pytest.raises(ValueError, match="num_negatives=28"):
+        NextItemTrainer(model, loss="sampled_softmax", num_negatives=28)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("objective", "mlm", "objective='mlm'"),
+        ("loss", "bpr", "loss='bpr'"),
+        ("num_negatives", 0, "num_negatives=0"),
+        ("patience", -1, "patience=-1"),
+        ("max_train_seconds", 0, "max_train_seconds=0"),
+        ("item_embedding_stddev", -0.1, "item_embedding_stddev=-0.1"),
+    ],
+)
+def test_config_checks_quote_the_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SequentialConfig(**{field: value})
+    with pytest.raises(ValueError, match="unknown setting"):
+        SequentialConfig.from_dict({"epochs": 3})
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """60 users who each read items in order: after item i comes item i + 1."""
+    root = tmp_path_factory.mktemp("sequences")
+    rng = np.random.default_rng(0)
+    lines = []
+    for user in range(60):
+        start = int(rng.integers(0, 30))
+        lines += [f"u{user} i{(start + step) % 30}" for step in range(10)]
+    (root / "log.txt").write_text("\n".join(lines) + "\n")
+    prepare(
+        "sequences",
+        [root / "log.txt"],
+        root / "data",
+        options=PrepareOptions(history_length=6, negatives=0),
+    )
+    return root / "data"
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    config = Config(model=TINY, train=TrainConfig(epochs=15, batch_size=20, learning_rate=0.03))
+    train_sequential(data_dir, out, config, SequentialConfig(validate_every=5), verbose=0)
+    return out
+
+
+def test_training_sequences_from_disk(data_dir):
+    seqs = load_training_sequences(data_dir, 6)
+    assert len(seqs) == 60
+    assert (seqs.lengths == 6).all()  # 8 training clicks: 6 inputs kept, 6 targets
+    assert seqs.num_targets == 60 * 6
+
+
+def test_evaluation_picks_the_next_item_protocol_and_beats_the_baselines(run_dir, data_dir):
+    assert resolve_protocol(data_dir) == "next_item"
+    results = evaluate_run(run_dir, data_dir, "test", sampled=(("uniform", 20),))
+    assert results["protocol"] == "next_item"
+    assert set(results["protocols"]) == {FULL, "sampled_uniform_20"}
+    full = results["protocols"][FULL]
+    assert "recent_popularity" not in full  # sequence files have no clock
+    assert full["model"]["hr@5"] >= full["popularity"]["hr@5"] + 0.4, full
+    assert full["model"]["ndcg@10"] > 0.5, full
+    assert "protocol sampled_uniform_20" in format_table(results)
+
+
+def test_run_directory_records_the_objective(run_dir):
+    sequential = json.loads((run_dir / "sequential.json").read_text())
+    assert sequential["objective"] == "next_item_causal"
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [v["epoch"] for v in history["validations"]] == [5, 10, 15]
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_earlier_items_hold_the_whole_history_not_only_the_last_l(data_dir):
+    batch = load_split(data_dir, "test", history_length=2)
+    seen = earlier_items(click_log(data_dir), batch)
+    assert all(len(items) == 9 for items in seen)  # 10 distinct clicks, the target excluded
+    targets = batch.candidates[:, 0]
+    assert not any(target in items for target, items in zip(targets, seen, strict=True))
