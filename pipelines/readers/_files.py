@@ -128,9 +128,9 @@ def head(source: Source, size: int) -> bytes:
     """The first ``size`` bytes of a source's content (gunzipped), or all of a shorter one."""
     if not source.streamable:
         return source.read_bytes()[:size]
-    for block in _stream(source, size):
-        return block.data[:size]
-    return b""
+    with contextlib.ExitStack() as stack:
+        _, stream, _ = _open(source, stack)
+        return _read(source.name, stream, size)
 
 
 def read_all(
@@ -239,33 +239,47 @@ def read_blocks(
 def _stream(source: Source, block_bytes: int) -> Iterator[Block]:
     """Blocks of whole lines of one source (see :func:`read_blocks`)."""
     with contextlib.ExitStack() as stack:
-        if source.member is None:
-            raw = stack.enter_context(source.path.open("rb"))
-            size = source.path.stat().st_size
-        else:
-            archive = stack.enter_context(zipfile.ZipFile(source.path))
-            info = archive.getinfo(source.member)
-            raw = stack.enter_context(archive.open(info))
-            size = info.file_size
-        gzipped = source.basename.lower().endswith(".gz") or raw.peek(2)[:2] == GZIP_MAGIC
-        stream = stack.enter_context(gzip.GzipFile(fileobj=raw)) if gzipped else raw
+        raw, stream, size = _open(source, stack)
         previous, index = None, 0
         for data in _line_blocks(source.name, stream, block_bytes):
             if previous is not None:
-                yield Block(source, previous, index, False, min(1.0, raw.tell() / max(size, 1)))
+                done = min(0.999, raw.tell() / max(size, 1))  # gzip reads ahead: not 1 yet
+                yield Block(source, previous, index, False, done)
                 index += 1
             previous = data
         yield Block(source, previous, index, True, 1.0)
+
+
+def _open(source: Source, stack: contextlib.ExitStack):
+    """``(raw, stream, size)``: the stored bytes, the content (gunzipped) and the stored size."""
+    if source.member is None:
+        raw = stack.enter_context(source.path.open("rb"))
+        size = source.path.stat().st_size
+    else:
+        archive = stack.enter_context(zipfile.ZipFile(source.path))
+        info = archive.getinfo(source.member)
+        raw = stack.enter_context(archive.open(info))
+        size = info.file_size
+    gzipped = source.basename.lower().endswith(".gz") or raw.peek(2)[:2] == GZIP_MAGIC
+    stream = stack.enter_context(gzip.GzipFile(fileobj=raw)) if gzipped else raw
+    return raw, stream, size
+
+
+def _read(name: str, stream, size: int) -> bytes:
+    try:
+        return stream.read(size)
+    except (OSError, EOFError, zlib.error) as err:
+        raise ValueError(f"{name}: not a readable gzip stream ({err})") from err
 
 
 def _line_blocks(name: str, stream, block_bytes: int) -> Iterator[bytes]:
     """``stream``'s bytes in blocks ending after a ``\\n`` (but the last); at least one block."""
     carry, blocks = b"", 0
     while True:
-        try:
-            data = stream.read(block_bytes)
-        except (OSError, EOFError, zlib.error) as err:
-            raise ValueError(f"{name}: not a readable gzip stream ({err})") from err
+        # A block is at most `block_bytes`, unless one line is longer.
+        data = _read(
+            name, stream, block_bytes - len(carry) if len(carry) < block_bytes else block_bytes
+        )
         if not data:
             break
         data = carry + data if carry else data

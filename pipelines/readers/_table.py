@@ -477,6 +477,7 @@ def _parse_fast(
     """``pyarrow.csv`` over ``body``; ``None`` unless it gives exactly ``rows`` rows."""
     if rows == 0:
         return pa.table({column: pa.array([], pa.string()) for column in text.include})
+    quoted = text.quoted and b'"' in body  # no quote at all: the faster unquoted parser
     for attempt in [types, None] if types else [None]:
         column_types = {column: pa.string() for column in text.include}
         column_types.update(attempt or {})
@@ -486,7 +487,7 @@ def _parse_fast(
                 read_options=pa_csv.ReadOptions(column_names=text.columns, block_size=1 << 24),
                 parse_options=pa_csv.ParseOptions(
                     delimiter=" " if text.delimiter is WHITESPACE else text.delimiter,
-                    quote_char='"' if text.quoted else False,
+                    quote_char='"' if quoted else False,
                 ),
                 convert_options=pa_csv.ConvertOptions(
                     column_types=column_types,

@@ -420,15 +420,19 @@ def _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes=None) ->
     """Group the blocks of the sources into parse tasks, in order.
 
     With ``sizes`` (one ``_files.Size`` per source), each task has its
-    ``progress``; without, every source is read whole.
+    ``progress``; without, every source is read whole. An error reading or
+    sniffing a source surfaces after the tasks of the sources before it.
     """
     unsplittable = set()
     for index, source in enumerate(sources):
         hint = _kind_hint(source, file_format)
         content = sizes[index].content if sizes else None
         if hint is None and sizes and (content is None or content > batch_bytes):
-            hint = detect_format(source, _files.head(source, 1 << 16), file_format)
-        if sizes is None or hint in ("parquet", "jsonl"):
+            try:
+                hint = detect_format(source, _files.head(source, 1 << 16), file_format)
+            except (ValueError, OSError):  # read whole: the error comes in its turn
+                hint = None
+        if sizes is None or hint not in ("csv", "tsv"):
             unsplittable.add(index)
     stored = np.array([size.stored for size in sizes] if sizes else [0] * len(sources), float)
     before = np.concatenate([[0.0], np.cumsum(stored)])
@@ -443,15 +447,23 @@ def _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes=None) ->
         workers=workers,
         known_sizes=sizes,
     )
-    for block in blocks:
+    while True:
+        try:
+            block = next(blocks)
+            if block.index == 0:
+                kind = detect_format(block.source, block.data, file_format)
+                line, header = 1, None
+        except StopIteration:
+            break
+        except Exception:
+            if task is not None:  # the earlier blocks first
+                yield task
+            raise
         source = block.source
-        if block.index == 0:
-            kind = detect_format(source, block.data, file_format)
-            line, header = 1, None
         index = position[id(source)]
-        progress = float(before[index] + block.done * stored[index]) / total
+        progress = float((before[index] + block.done * stored[index]) / total)
         piece = _table.Piece(source.name, block.data, line, header)
-        if task is not None and (kind != task.kind or task.bytes >= batch_bytes):
+        if task is not None and (kind != task.kind or task.bytes + len(block.data) > batch_bytes):
             yield task
             task = None
         if kind in ("parquet", "jsonl"):

@@ -165,3 +165,79 @@ def test_split_lines_drops_carriage_returns_and_the_final_empty_line():
     assert _files.split_lines(b"a\r\nb\n\nc\n") == [b"a", b"b", b"", b"c"]
     assert _files.strip_bom(b"\xef\xbb\xbfuser") == b"user"
     assert _files.utf8_ok("é".encode()) and not _files.utf8_ok(b"\xff")
+
+
+def _content(tmp_path):
+    """A text of lines of growing length (one longer than the blocks), as several sources."""
+    text = b"".join(b"%d,%s\n" % (row, b"x" * (row % 13)) for row in range(300))
+    text += b"y" * 500 + b"\nlast line without a break"
+    (tmp_path / "a.csv").write_bytes(text)
+    (tmp_path / "b.csv.gz").write_bytes(gzip.compress(text))
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "c.zip", "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("m/c.csv", text)
+        bundle.writestr("m/d.csv.gz", gzip.compress(text))
+        bundle.writestr("m/small.csv", b"h\n1\n")
+    inputs = [tmp_path / name for name in ("a.csv", "b.csv.gz", "c.zip", "empty.csv")]
+    return text, _files.resolve(inputs, accept=_accept_csv, expected="csv")
+
+
+@pytest.mark.parametrize("block_bytes", [1, 64, 4096, 1 << 20])
+def test_read_blocks_cut_sources_after_line_breaks(tmp_path, block_bytes):
+    text, sources = _content(tmp_path)
+
+    blocks = list(_files.read_blocks(sources, block_bytes=block_bytes))
+
+    by_source = {}
+    for block in blocks:
+        by_source.setdefault(block.source.name, []).append(block)
+    assert list(by_source) == _names(sources)  # in order, each source once
+    for source in sources:
+        parts = by_source[source.name]
+        assert b"".join(part.data for part in parts) == source.read_bytes()
+        assert [part.index for part in parts] == list(range(len(parts)))
+        assert [part.last for part in parts] == [False] * (len(parts) - 1) + [True]
+        assert all(part.data.endswith(b"\n") for part in parts[:-1])
+        # A block is at most block_bytes, unless it is one line longer than that.
+        assert all(len(p.data) <= block_bytes or p.data.count(b"\n") <= 1 for p in parts)
+        done = [part.done for part in parts]
+        assert done == sorted(done) and done[-1] == 1.0 and max(done[:-1] or [0]) < 1.0
+
+
+def test_read_blocks_reads_small_or_chosen_sources_whole(tmp_path):
+    text, sources = _content(tmp_path)
+    whole = {str(tmp_path / "c.zip") + ":m/c.csv"}
+
+    blocks = list(
+        _files.read_blocks(sources, block_bytes=100, whole=lambda source: source.name in whole)
+    )
+
+    counts = {}
+    for block in blocks:
+        counts[block.source.name] = counts.get(block.source.name, 0) + 1
+    assert counts[str(tmp_path / "c.zip") + ":m/c.csv"] == 1  # chosen
+    assert counts[str(tmp_path / "c.zip") + ":m/small.csv"] == 1  # 4 bytes <= 100
+    assert counts[str(tmp_path / "a.csv")] > 10
+
+
+def test_sizes_give_stored_and_content_bytes(tmp_path):
+    text, sources = _content(tmp_path)
+    sizes = dict(zip(_names(sources), _files.sizes(sources), strict=True))
+    with zipfile.ZipFile(tmp_path / "c.zip") as bundle:
+        member = bundle.getinfo("m/c.csv")
+    assert sizes[str(tmp_path / "a.csv")] == _files.Size(len(text), len(text))
+    assert sizes[str(tmp_path / "b.csv.gz")].content is None  # gzip hides it
+    assert sizes[str(tmp_path / "c.zip") + ":m/c.csv"] == _files.Size(
+        member.compress_size, len(text)
+    )
+    assert sizes[str(tmp_path / "c.zip") + ":m/d.csv.gz"].content is None
+    assert _files.head(sources[1], 5) == text[:5]
+
+
+def test_read_blocks_reports_a_broken_gzip_stream(tmp_path):
+    (tmp_path / "bad.csv.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+    sources = _files.resolve([tmp_path / "bad.csv.gz"], accept=_accept_csv, expected="csv")
+    with pytest.raises(ValueError, match="not a readable gzip stream"):
+        list(_files.read_blocks(sources, block_bytes=8))
+    with pytest.raises(ValueError, match="block_bytes=0"):
+        list(_files.read_blocks(sources, block_bytes=0))
