@@ -241,13 +241,12 @@ def _stream(source: Source, block_bytes: int) -> Iterator[Block]:
     with contextlib.ExitStack() as stack:
         raw, stream, size = _open(source, stack)
         previous, index = None, 0
-        for data in _line_blocks(source.name, stream, block_bytes):
+        for data, position in _line_blocks(source.name, stream, block_bytes, raw.tell):
             if previous is not None:
-                done = min(0.999, raw.tell() / max(size, 1))  # gzip reads ahead: not 1 yet
-                yield Block(source, previous, index, False, done)
+                yield Block(source, previous[0], index, False, previous[1])
                 index += 1
-            previous = data
-        yield Block(source, previous, index, True, 1.0)
+            previous = data, min(0.999, position / max(size, 1))  # gzip reads ahead: not 1
+        yield Block(source, previous[0], index, True, 1.0)
 
 
 def _open(source: Source, stack: contextlib.ExitStack):
@@ -272,8 +271,13 @@ def _read(name: str, stream, size: int) -> bytes:
         raise ValueError(f"{name}: not a readable gzip stream ({err})") from err
 
 
-def _line_blocks(name: str, stream, block_bytes: int) -> Iterator[bytes]:
-    """``stream``'s bytes in blocks ending after a ``\\n`` (but the last); at least one block."""
+def _line_blocks(
+    name: str, stream, block_bytes: int, position: Callable[[], int]
+) -> Iterator[tuple[bytes, int]]:
+    """``stream``'s bytes in blocks ending after a ``\\n`` (but the last), at least one block.
+
+    Each with ``position()`` (where the stored bytes are read to) once it is read.
+    """
     carry, blocks = b"", 0
     while True:
         # A block is at most `block_bytes`, unless one line is longer.
@@ -289,9 +293,9 @@ def _line_blocks(name: str, stream, block_bytes: int) -> Iterator[bytes]:
             continue
         carry = data[cut:]
         blocks += 1
-        yield data[:cut] if carry else data
+        yield (data[:cut] if carry else data), position()
     if carry or not blocks:
-        yield carry
+        yield carry, position()
 
 
 def gunzip(name: str, data: bytes) -> bytes:

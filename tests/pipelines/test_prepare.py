@@ -16,6 +16,7 @@ from pipelines.dataset import feature_tables, load_items, load_manifest, load_sp
 from pipelines.prepare import PrepareOptions, prepare
 from pipelines.readers.base import BadRowError, ReadResult, Rejections
 from pipelines.schema import EVENTS, EXAMPLES, SPLITS, validate
+from pipelines.splits import time_cutoffs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -456,6 +457,128 @@ def test_streamable_inputs_are_read_one_file_at_a_time(tmp_path):
     assert read.calls[0][2] == {"user_col": "uid"}  # reader options forwarded when set
     assert manifest["rows_read"] == 6 and manifest["splits"]["train"]["examples"] == 4
     assert [i["path"] for i in manifest["inputs"]] == [str(p) for p in paths]
+
+
+# --------------------------------------------------------------------------- streaming
+
+GLOBO_HEADER = (
+    "user_id,session_id,session_start,session_size,click_article_id,click_timestamp,"
+    "click_environment,click_deviceGroup,click_os,click_country,click_region,click_referrer_type"
+)
+
+
+def globo_hours(hours=8, clicks_per_hour=150, seed=0):
+    """Globo-like hourly CSV texts: many users, items published over time."""
+    rng = np.random.default_rng(seed)
+    texts = {}
+    for hour in range(hours):
+        users = rng.integers(0, 400, clicks_per_hour)
+        items = hour * 10 + rng.integers(0, 30, clicks_per_hour)
+        times = np.sort(1_506_826_800_000 + hour * 3_600_000 + rng.integers(0, 3_600_000, 150))
+        rows = [
+            f"{u},{u}{hour},1506825423000,2,{i},{t},4,3,20,1,20,2"
+            for u, i, t in zip(users, items, times, strict=True)
+        ]
+        texts[f"clicks_hour_{hour:03d}.csv"] = "\n".join([GLOBO_HEADER, *rows]) + "\n"
+    return texts
+
+
+def one_zip(tmp_path):
+    path = tmp_path / "clicks.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, text in globo_hours().items():
+            archive.writestr(f"clicks/{name}", text)
+    return path
+
+
+def one_csv(tmp_path):
+    path = tmp_path / "clicks_hour_000.csv"  # all the hours in one file
+    texts = list(globo_hours().values())
+    path.write_text(texts[0] + "".join(text.split("\n", 1)[1] for text in texts[1:]))
+    return path
+
+
+def stores_of(monkeypatch):
+    """A test hook: the event stores of the prepare runs that follow."""
+    stores = []
+    read_all = prepare_module._Job._read_all
+
+    def keep(job):
+        stores.append(read_all(job))
+        return stores[-1]
+
+    monkeypatch.setattr(prepare_module._Job, "_read_all", keep)
+    return stores
+
+
+@pytest.mark.parametrize("make_input", [one_zip, one_csv], ids=["single-zip", "single-csv"])
+def test_a_single_input_streams_through_partitions_in_bounded_memory(
+    tmp_path, monkeypatch, make_input
+):
+    """One zip (or one large file) is read a batch at a time and spilled as it comes."""
+    source = make_input(tmp_path)
+    stores = stores_of(monkeypatch)
+    whole = prepare("globo", [source], tmp_path / "whole")
+    monkeypatch.setattr(prepare_module, "_batch_bytes", lambda max_rows: 4_000)
+    spilled = prepare(
+        "globo",
+        [source],
+        tmp_path / "spilled",
+        options=PrepareOptions(max_rows_in_memory=300, chunk_size=100),
+    )
+
+    in_memory, streamed = stores
+    assert in_memory.max_rows_held == whole["rows_read"] == 1200
+    # 4 kB batches hold about 70 clicks; a partition about 1 / ceil(2 * 1200 / 300) of the
+    # clicks (once the first batch tells how large the log is). Never did the whole log
+    # sit in memory: at most `max_rows_in_memory` clicks at once.
+    assert streamed.batches > 10 and spilled["partitions"] >= 6
+    assert streamed.max_rows_held <= 300
+    first, second = read_all(tmp_path / "whole"), read_all(tmp_path / "spilled")
+    for name in first:
+        assert first[name].equals(second[name]), name
+    assert whole["splits"] == spilled["splits"] and whole["inputs"] == spilled["inputs"]
+
+
+def test_many_reader_batches_in_memory_give_the_same_tables(tmp_path, monkeypatch):
+    """Ids encoded batch by batch, then unified, give what one batch gives."""
+    folder = tmp_path / "clicks"
+    folder.mkdir()
+    for name, text in globo_hours().items():
+        (folder / name).write_text(text)
+    stores = stores_of(monkeypatch)
+    one = prepare("globo", [folder], tmp_path / "one")
+    monkeypatch.setattr(prepare_module, "_batch_bytes", lambda max_rows: 3_000)
+    many = prepare("globo", [folder], tmp_path / "many")
+
+    assert len(stores[0].encoded) == 0 and stores[1].partitions == 1  # codes were used up
+    first, second = read_all(tmp_path / "one"), read_all(tmp_path / "many")
+    for name in first:
+        assert first[name].equals(second[name]), name
+    volatile = ("elapsed_s", "timings_s")
+    assert {k: v for k, v in one.items() if k not in volatile} == {
+        k: v for k, v in many.items() if k not in volatile
+    }
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 100, 1001])
+@pytest.mark.parametrize("fractions", [(0.1, 0.1), (0.0, 0.2), (0.3, 0.0), (0.0, 0.0)])
+def test_cutoffs_in_memory_equal_the_streamed_cutoffs(n, fractions):
+    rng = np.random.default_rng(n)
+    times = rng.integers(0, 50, n).astype(np.int64)  # many ties
+    pieces = np.array_split(times, 3)
+    valid_fraction, test_fraction = fractions
+
+    expected = time_cutoffs(
+        lambda: iter(pieces), valid_fraction=valid_fraction, test_fraction=test_fraction
+    )
+
+    assert (
+        prepare_module.cutoffs_in_memory(
+            times.copy(), valid_fraction=valid_fraction, test_fraction=test_fraction
+        )
+        == expected
+    )
 
 
 # --------------------------------------------------------------------------- atomicity
