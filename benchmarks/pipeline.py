@@ -11,15 +11,25 @@ Modes:
   -> examples. Prints ``{"benchmark": "pipeline", "dataset": "globo",
   "clicks", "wall_s", "clicks_per_s", "peak_rss_mb", ...}``. Skips, with a
   message, when the data is absent.
-* ``memory``: a synthetic ``events`` log (Parquet files of
-  ``--base-clicks`` clicks each) at 1x, 2x, 4x, prepared with partitioning
-  (``--max-rows-in-memory``); peak RSS should stay roughly flat.
+* ``memory``: a synthetic log of ``--base-clicks`` clicks at 1x, 2x, 4x,
+  prepared with partitioning (``--max-rows-in-memory``), in three layouts
+  (``--layouts``): ``files`` (an ``events`` log in several Parquet files),
+  ``csv`` (one large Globo-format CSV file) and ``zip`` (one zip of hourly
+  Globo-format CSV members, like the real Globo archive). Peak RSS should
+  stay roughly flat as the log grows: a single file or zip is read a batch
+  at a time too. Prints ``{"benchmark": "pipeline-memory", "layout",
+  "scale", "clicks", "input_mb", "partitions", "peak_rss_mb", ...}``.
+
+Every figure has ``wall_s`` (process start to exit) and ``cpu_s`` (user +
+system CPU time of the process, all threads), and the 1-minute load average
+when it ended: on a machine busy with other work, ``wall_s`` is longer than
+on an idle one, ``cpu_s`` much less so.
 
 Usage::
 
     python benchmarks/pipeline.py                      # both modes
-    python benchmarks/pipeline.py --mode globo --cpus 0,1
-    python benchmarks/pipeline.py --mode memory --scales 1 2 4
+    python benchmarks/pipeline.py --mode globo --repeats 3
+    python benchmarks/pipeline.py --mode memory --scales 1 2 4 --layouts csv zip
 """
 
 from __future__ import annotations
@@ -131,6 +141,61 @@ def synthetic_log(folder: Path, files: int, clicks_per_file: int, seed: int = 0)
     return files * clicks_per_file
 
 
+GLOBO_COLUMNS = (
+    "user_id,session_id,session_start,session_size,click_article_id,click_timestamp,"
+    "click_environment,click_deviceGroup,click_os,click_country,click_region,click_referrer_type"
+)
+
+
+def globo_rows(clicks: int, hour: int, rng) -> bytes:
+    """``clicks`` Globo-format CSV lines (no header) of one hour, like the real log's."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    start = 1_506_826_800_000 + hour * 3_600_000
+    times = np.sort(rng.integers(start, start + 3_600_000, clicks))
+    users = (rng.pareto(1.2, clicks) * 1000).astype(np.int64) % 300_000
+    ages = rng.exponential(400, clicks).astype(np.int64)
+    items = np.maximum(hour * 150 + rng.integers(0, 150, clicks) - ages, 0)
+    columns = {
+        "user_id": users,
+        "session_id": times // 1000 * 1_000_000 + users % 1_000_000,
+        "session_start": times // 1000 * 1000,
+        "session_size": rng.integers(2, 6, clicks),
+        "click_article_id": items,
+        "click_timestamp": times,
+    }
+    for name in GLOBO_COLUMNS.split(",")[6:]:
+        columns[name] = rng.integers(1, 30, clicks)
+    sink = pa.BufferOutputStream()
+    pa_csv.write_csv(
+        pa.table(columns), sink, write_options=pa_csv.WriteOptions(include_header=False)
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def synthetic_globo(path: Path, layout: str, hours: int, clicks_per_hour: int, seed=0) -> int:
+    """One large CSV file (``csv``) or one zip of hourly members (``zip``), hour by hour."""
+    import zipfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    header = (GLOBO_COLUMNS + "\n").encode()
+    if layout == "csv":
+        with path.open("wb") as file:
+            file.write(header)
+            for hour in range(hours):
+                file.write(globo_rows(clicks_per_hour, hour, rng))
+    else:
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for hour in range(hours):
+                text = header + globo_rows(clicks_per_hour, hour, rng)
+                archive.writestr(f"clicks/clicks_hour_{hour:03d}.csv", text)
+    return hours * clicks_per_hour
+
+
 def bench_memory(
     workdir: Path,
     scales: list[int],
@@ -138,41 +203,48 @@ def bench_memory(
     files_per_scale: int,
     max_rows: int,
     cpus: str | None,
+    layouts: list[str],
 ) -> None:
-    for scale in scales:
-        folder = workdir / f"synthetic-{scale}x"
-        files = files_per_scale * scale
-        clicks = synthetic_log(folder, files, base_clicks // files_per_scale)
-        out = workdir / f"synthetic-{scale}x-data"
-        argv = [
-            "--format",
-            "events",
-            *sorted(str(p) for p in folder.iterdir()),
-            "--out",
-            str(out),
-            "--time-unit",
-            "ms",
-            "--max-rows-in-memory",
-            str(max_rows),
-        ]
-        result = run_prepare(argv, cpus)
-        manifest = result["manifest"]
-        figure(
-            benchmark="pipeline-memory",
-            dataset="synthetic-events",
-            scale=scale,
-            clicks=clicks,
-            partitions=manifest["partitions"],
-            max_rows_in_memory=max_rows,
-            wall_s=round(result["wall_s"], 3),
-            clicks_per_s=round(clicks / result["wall_s"]),
-            peak_rss_mb=round(result["peak_rss_mb"], 1),
-            cpu_s=round(result["cpu_s"], 2),
-            load_average=result["load_average"],
-            cpus=cpus or len(os.sched_getaffinity(0)),
-        )
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    per_hour = 25_000
+    for layout in layouts:
+        for scale in scales:
+            folder = workdir / f"synthetic-{layout}-{scale}x"
+            folder.mkdir(parents=True, exist_ok=True)
+            if layout == "files":
+                files = files_per_scale * scale
+                clicks = synthetic_log(folder, files, base_clicks // files_per_scale)
+                inputs = sorted(str(p) for p in folder.iterdir())
+                argv = ["--format", "events", *inputs, "--time-unit", "ms"]
+            else:
+                name = "clicks_hour_000.csv" if layout == "csv" else "clicks.zip"
+                hours = max(1, base_clicks * scale // per_hour)
+                clicks = synthetic_globo(folder / name, layout, hours, per_hour)
+                inputs = [str(folder / name)]
+                argv = ["--format", "globo", *inputs]
+            input_mb = sum(Path(p).stat().st_size for p in inputs) / 2**20
+            out = workdir / f"synthetic-{layout}-{scale}x-data"
+            argv += ["--out", str(out), "--max-rows-in-memory", str(max_rows)]
+            result = run_prepare(argv, cpus)
+            manifest = result["manifest"]
+            figure(
+                benchmark="pipeline-memory",
+                dataset="synthetic-events" if layout == "files" else "synthetic-globo",
+                layout=layout,
+                scale=scale,
+                clicks=clicks,
+                input_files=len(inputs),
+                input_mb=round(input_mb, 1),
+                partitions=manifest["partitions"],
+                max_rows_in_memory=max_rows,
+                wall_s=round(result["wall_s"], 3),
+                clicks_per_s=round(clicks / result["wall_s"]),
+                peak_rss_mb=round(result["peak_rss_mb"], 1),
+                cpu_s=round(result["cpu_s"], 2),
+                load_average=result["load_average"],
+                cpus=cpus or len(os.sched_getaffinity(0)),
+            )
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-clicks", type=int, default=1_000_000, help="clicks at 1x")
     parser.add_argument("--files-per-scale", type=int, default=4, help="input files at 1x")
     parser.add_argument("--max-rows-in-memory", type=int, default=500_000)
+    parser.add_argument(
+        "--layouts",
+        nargs="+",
+        choices=("files", "csv", "zip"),
+        default=["files", "csv", "zip"],
+        help="memory mode: several Parquet files, one large CSV, one zip (default: all)",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="feedrec-bench-"))
@@ -199,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.files_per_scale,
                 args.max_rows_in_memory,
                 args.cpus,
+                args.layouts,
             )
     finally:
         if args.workdir is None:

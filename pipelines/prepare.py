@@ -36,17 +36,27 @@ Splits: ``time`` mode cuts at event-time quantiles (see
 :func:`pipelines.splits.time_cutoffs`) unless ``valid_start``/``test_start``
 are given; ``leave-last-out`` is per user (the default for ``sequences``).
 
-Memory: up to ``max_rows_in_memory`` canonical events are processed as one
-partition; above that, events are spilled to ``P`` Parquet partitions by
-``fnv1a64(user_id) mod P`` (for several ``events``/``globo`` input files,
-file by file as they are read), processed one partition at a time into
-sorted Arrow IPC runs, and each split is merged back in (time, key) order one
-time slab (about ``max_rows_in_memory / 2`` examples) at a time. Examples
-are always built and written in chunks of ``chunk_size``, ``workers``
-threads building while the main thread writes. The negative sampler keeps
-per-item state (first-seen times; merged live intervals with a window; for
-``popularity`` the clicks' (time, item), 16 bytes a click). Results do not
-depend on ``P``, ``chunk_size`` or ``workers`` (tested).
+Memory: the reader streams (``pipelines.readers.read_batches``: batches of
+about ``16 * max_rows_in_memory`` bytes of text, 1 to 32 MB, parsed in
+threads; a zip archive member by member, a large file in blocks of lines).
+Up to ``max_rows_in_memory`` canonical events are processed as one
+partition; as soon as the rows read so far, extrapolated by the share of the
+input bytes read, exceed that, events are spilled batch by batch to ``P``
+Parquet partitions by ``fnv1a64(user_id) mod P``, so a single zip or file
+larger than memory never sits in memory whole. Partitions are processed one
+at a time into sorted Arrow IPC runs, and each split is merged back in
+(time, key) order one time slab (about ``max_rows_in_memory / 2`` examples)
+at a time. The negative sampler keeps per-item state (first-seen times;
+merged live intervals with a window; for ``popularity`` the clicks' (time,
+item), 16 bytes a click). Results do not depend on ``P``, the batches,
+``chunk_size`` or ``workers`` (tested).
+
+Speed (both cores): while the reader's threads parse, the main thread
+dictionary-encodes each batch's user and item ids, so the in-memory
+partition never hashes an id string again; the three splits are then built
+and written at once, each written by its own thread (Parquet encoding
+releases the GIL) from chunks of ``chunk_size`` examples built by
+``workers`` threads.
 
 Determinism: every ordering is by content (sorted raw ids, times, input
 order for ties) and every random draw a hash of (seed, example key), so

@@ -18,7 +18,7 @@ TensorFlow.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pipelines.readers import events, globo, mind, sequences
@@ -99,12 +99,3 @@ def read_batches(
     if batch_bytes is not None:
         options["batch_bytes"] = batch_bytes
     return BATCH_READERS[format](inputs, **options)
-
-
-def batches_of(read: Callable[..., ReadResult]) -> Callable[..., Iterator[ReadResult]]:
-    """A ``read_batches``-style function (one batch) from a ``read`` function."""
-
-    def read_batches(inputs, **options) -> Iterator[ReadResult]:
-        return iter([read(inputs, **options)])
-
-    return read_batches

@@ -9,7 +9,8 @@ the rest.
 Fast path and slow path
 -----------------------
 Text is parsed by ``pyarrow.csv`` / ``pyarrow.json`` in one call per stream
-(small CSV files of one layout are even parsed together, then split back).
+(pieces of one layout -- small files, blocks of a large one -- are even
+parsed together into one chunk that knows each row's source).
 The result is trusted only when the stream is valid UTF-8 and the parser
 returned exactly one row per line: then row ``i`` is line ``i + 1`` (``i + 2``
 under a header). Parsers skip blank lines, so a stream with one fails that

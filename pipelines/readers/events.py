@@ -23,6 +23,10 @@ session ids are null. Line numbers in messages and ``source_line`` are
 1-based lines of the text file (the header is line 1), or row numbers for
 Parquet.
 
+:func:`read_batches` gives the same rows a batch at a time (bounded memory:
+consecutive small files parsed together, a large text file -- plain, gzipped
+or in a zip -- in blocks of lines; JSON Lines and Parquet files whole).
+
 Rows are rejected (``BadRowError``, or counted with ``on_bad_rows="skip"``) as
 ``wrong_field_count``, ``not_utf8``, ``repeated_header`` (a copy of the header
 inside the file), ``empty_user``, ``empty_item``, ``bad_timestamp``,
