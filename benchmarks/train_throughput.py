@@ -23,14 +23,17 @@ threading state do not leak between them):
   (``feedrec.data.make_train_dataset`` over a generated Parquet file with the
   standard shapes), consumed inside a ``tf.function`` as training does.
 
-Each prints one JSON line: ``examples_per_s`` (batch / median step time),
+Each prints one JSON line: ``examples_per_s`` (batch / median step time over
+all repetitions of all ``--rounds``; rounds run the configurations in turn, so
+that a change of load on a shared machine spreads over all of them),
 ``step_ms`` (median and all repetitions), ``cpu_s_per_step`` (process CPU
 time, less sensitive than wall time to other work on a shared machine),
 ``peak_memory_mb`` (process peak RSS on CPU; TensorFlow's peak GPU memory on
 GPU), ``flops_per_step`` (matmul FLOPs of forward + backward, counted
 analytically as 3x the forward's), ``achieved_tflops`` and ``peak_fraction``
 against ``matmul_peak_tflops`` (the best of several large matmuls measured on
-the same device, float32 on CPU, bfloat16 on GPU), and the load average. A
+the same device, float32 on CPU, bfloat16 on GPU), and the lowest and highest
+1-minute load average seen around the measurements. A
 last ``summary`` line gives the speed-ups and the input/training ratio.
 
 Usage::
@@ -459,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large-batch", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions (median)")
     parser.add_argument("--steps", type=int, default=5, help="steps per repetition")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="passes over the configurations, interleaved"
+    )
     parser.add_argument("--input-rows", type=int, default=50_000)
     parser.add_argument("--parallel-reads", type=int, default=1, help="readers for `input`")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -475,26 +481,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "gpu" and "CUDA_VISIBLE_DEVICES" in os.environ:
         print("note: CUDA_VISIBLE_DEVICES is set", file=sys.stderr)
     peak = run_child({"kind": "peak", "device": args.device})
+    configurations = plan(args)
+    measured = {name: {"walls": [], "cpus": [], "loads": []} for name, _ in configurations}
+    results = {}
+    # Rounds interleave the configurations, so a change in the machine's load
+    # (it is shared) does not fall on one configuration only.
+    for _ in range(args.rounds):
+        for name, options in configurations:
+            load_before = os.getloadavg()[0]
+            result = run_child(options)
+            measured[name]["walls"] += result.pop("walls")
+            measured[name]["cpus"] += result.pop("cpus")
+            measured[name]["loads"] += [load_before, os.getloadavg()[0]]
+            results[name] = result
     rates = {}
-    for name, options in plan(args):
-        load_before = os.getloadavg()[0]
-        result = run_child(options)
-        walls, cpus = result.pop("walls"), result.pop("cpus")
+    for name, options in configurations:
+        walls, cpus, loads = (measured[name][key] for key in ("walls", "cpus", "loads"))
         step = statistics.median(walls)
         batch = options["batch_size"]
         line = {
             "benchmark": "train_throughput",
             "config": name,
             "device": args.device,
-            **result,
+            **results[name],
             "batch_size": batch,
             "examples_per_s": round(batch / step, 1),
             "step_ms": round(step * 1000, 2),
             "step_ms_all": [round(w * 1000, 2) for w in walls],
             "cpu_s_per_step": round(statistics.median(cpus), 4),
+            "rounds": args.rounds,
             "repeats": options["repeats"],
             "steps_per_repeat": options.get("steps") if options["kind"] != "input" else None,
-            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            "load_average": [round(min(loads), 2), round(max(loads), 2)],
         }
         if options["kind"] != "input":
             flops = batch * train_flops_per_example(

@@ -371,6 +371,24 @@ def _open_partial(partial: Path, fingerprint: dict, overwrite: bool) -> None:
 # --------------------------------------------------------------------------- train
 
 
+def check_directories(data_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Check a training's DATA_DIR and RUN_DIR before any work; returns the manifest.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` has no ``manifest.json``.
+        FileExistsError: ``out_dir`` exists, is not empty, and ``overwrite`` is False.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    manifest_path = data_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{manifest_path} not found: DATA_DIR must be written by `feedrec prepare`"
+        )
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite")
+    return read_json(manifest_path)
+
+
 def train(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -417,14 +435,7 @@ def train(
 
     config = config or Config()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"{manifest_path} not found: DATA_DIR must be written by `feedrec prepare`"
-        )
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite")
-    manifest = read_json(manifest_path)
+    manifest = check_directories(data_dir, out_dir, overwrite)
     model_config, train_config = config.model, config.train
     train_path = split_path(data_dir, "train")
     train_examples = split_size(data_dir, "train")
@@ -516,17 +527,15 @@ def train(
     )
     model.stop_training = False
     callback_list.on_train_begin()
-    started = time.perf_counter()
-    last_save = time.monotonic()
+    last_save = time.perf_counter()  # training time is counted up to each checkpoint
 
     def checkpoint():
         nonlocal last_save
-        state["train_seconds"] += time.perf_counter() - started_segment[0]
-        started_segment[0] = time.perf_counter()
+        now = time.perf_counter()
+        state["train_seconds"] += now - last_save
         progress.save(state)
-        last_save = time.monotonic()
+        last_save = now
 
-    started_segment = [started]
     while state["step"] < total_steps and not model.stop_training:
         epoch, start = divmod(state["step"], steps_per_epoch)
 
@@ -580,7 +589,7 @@ def train(
                 },
             )
             if start < steps_per_epoch and (
-                time.monotonic() - last_save >= train_config.checkpoint_seconds
+                time.perf_counter() - last_save >= train_config.checkpoint_seconds
             ):
                 checkpoint()
             callback_list.on_train_batch_end(start - 1, {"loss": running, "step": state["step"]})
@@ -611,7 +620,7 @@ def train(
     for writer in writers.values():
         writer.close()
     history = dict(state["history"])
-    history["train_seconds"] = state["train_seconds"] + time.perf_counter() - started_segment[0]
+    history["train_seconds"] = state["train_seconds"] + time.perf_counter() - last_save
     if state["best_epoch"] is not None:
         history["best_epoch"] = state["best_epoch"]
         keeper.load_weights(partial / f"best-epoch{state['best_epoch']}.weights.h5")
