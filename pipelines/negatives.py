@@ -389,17 +389,18 @@ class NegativeSampler:
             for attempt in range(max_attempts):
                 if not len(active):
                     break
-                draws = uniform_draws(streams[active], slot * _SLOT_STRIDE + attempt)
-                span = width[active]
+                rows = slice(None) if len(active) == n else active  # every row: no copies
+                draws = uniform_draws(streams[rows], slot * _SLOT_STRIDE + attempt)
+                span = width[rows]
                 draws *= span
                 pick = np.minimum(draws.astype(np.int64), span - 1)
-                pick += lo[active]
+                pick += lo[rows]
                 candidate = proposals[pick]
-                ok = candidate != positives[active]
+                ok = candidate != positives[rows]
                 for earlier in range(slot):  # distinct from the slots already filled
-                    ok &= out[active, earlier] != candidate
+                    ok &= out[rows, earlier] != candidate
                 if not always_live:
-                    ok &= self._live(candidate, times[active])
+                    ok &= self._live(candidate, times[rows])
                 done = active[ok]
                 out[done, slot] = candidate[ok]
                 filled[done] = True
