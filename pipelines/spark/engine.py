@@ -35,7 +35,6 @@ import collections
 import contextlib
 import io
 import json
-import logging
 import shutil
 import time
 import uuid
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -61,20 +61,23 @@ from pipelines.prepare import (
     feedrec_version,
 )
 from pipelines.readers import _table
-from pipelines.schema import EXAMPLES, OOV_INDEX, SPLITS
+from pipelines.schema import EXAMPLES, SPLITS
 from pipelines.spark import readers, stages
 from pipelines.spark.session import local_session
+from pipelines.spark.writer import (
+    CLICK,
+    EVAL_IMPRESSION,
+    PARQUET_OPTIONS,
+    RESULT_DDL,
+    RUN,
+    TRAIN_IMPRESSION,
+    ExampleWriter,
+    filesystem,
+)
 from pipelines.splits import TRAIN
-
-logger = logging.getLogger(__name__)
 
 ENGINE = "spark"
 _INT64_MAX = np.iinfo(np.int64).max
-_EXAMPLE_COLUMNS = [field.name for field in EXAMPLES]
-_PARQUET_OPTIONS = {
-    "compression": "snappy",
-    "use_dictionary": ["user_id", "impression_id", "session_id"],
-}
 
 
 def prepare(
@@ -127,7 +130,7 @@ def prepare(
     readers.check_reader_options(format, options.reader_options())
     spark = spark or local_session()
     bar = _Progress(progress)
-    output = _output_for(spark, out_dir, overwrite=options.overwrite)
+    output = _output_for(out_dir, overwrite=options.overwrite)
     try:
         with output.open():
             manifest = _Job(spark, format, inputs, options, output, bar).run()
@@ -170,27 +173,44 @@ class _Job:
             reader_options=options.reader_options(),
         )
         path = self.output.work("parsed")
-        parsed.write.partitionBy("kind").parquet(path)
+        parsed.write.parquet(path)
         parsed = self.spark.read.schema(readers.PARSED_DDL).parquet(path)
-        stats = parsed.where(F.col("kind") == readers.STATS_KIND).select("src", "stats")
-        by_source = {row["src"]: json.loads(row["stats"]) for row in stats.collect()}
+        small = parsed.where(F.col("kind").isin(readers.STATS_KIND, readers.ITEM_KIND))
+        small = _to_arrow(
+            small.select("kind", "src", "pos", "stats", "item_id", "category", "subcategory")
+        )
+        is_stats = pc.equal(small.column("kind"), readers.STATS_KIND)
+        stats = small.filter(is_stats)
+        by_source = {
+            src: json.loads(text)
+            for src, text in zip(
+                stats.column("src").to_pylist(), stats.column("stats").to_pylist(), strict=True
+            )
+        }
         self._account(sources, by_source)
+        metadata = small.filter(pc.invert(is_stats)).sort_by(
+            [("src", "ascending"), ("pos", "ascending")]
+        )
+        self.metadata = (
+            metadata.select(["item_id", "category", "subcategory"]) if self.metadata_rows else None
+        )
         self.input_info = readers.fingerprints(self.spark, sources)
         return parsed
 
     def _account(self, sources: list[readers.SourceSpec], by_source: dict[int, dict]) -> None:
-        for source in sources:  # the first error in read order, as the local reader meets it
-            error = by_source[source.src]["error"]
-            if error is not None:
-                readers.raise_error(error)
-        groups: dict[int, list[readers.SourceSpec]] = collections.defaultdict(list)
-        for source in sources:
-            groups[source.group].append(source)
-        for members in groups.values():
+        """Sum the accounting rows (one per source, or per slice of a reader call's sources)
+        as the local engine sums its reader calls; raise the first error in read order."""
+        ordered = [by_source[src] for src in sorted(by_source)]
+        for stats in ordered:
+            if stats["error"] is not None:
+                readers.raise_error(stats["error"])
+        for group in sorted({source.group for source in sources}):
+            members = [source for source in sources if source.group == group]
             group_rows = 0
             examples: dict[str, list[str]] = collections.defaultdict(list)
-            for source in members:
-                stats = by_source[source.src]
+            for stats in ordered:
+                if stats["group"] != group:
+                    continue
                 group_rows += stats["rows_read"]
                 self.rejected.update(stats["by_reason"])
                 for key, shown in stats["examples"].items():
@@ -244,7 +264,7 @@ class _Job:
             counts,
             clicks,
             self.first_seen,
-            self._metadata(parsed),
+            self.metadata,
             min_count=options.min_count,
         )
         self.num_items = vocab.size
@@ -263,44 +283,76 @@ class _Job:
         )
 
         self.bar.stage("examples")
+        context = spark.sparkContext
+        sampler = None
         if self.has_impressions:
-            examples = self._impression_examples(units, events, given, index_frame, vocab)
+            examples = self._impression_examples(units, events, given, index_frame)
         else:
-            sampler = self._sampler(items, events)
-            examples = self._click_examples(units, index_frame, sampler, code_to_index)
-        parts = self._write_parts(examples)
-        split_stats = self._split_stats(parts, units)
+            examples = self._click_examples(units, index_frame)
+            sampler = context.broadcast(self._sampler(items, events))
+        writer = ExampleWriter(
+            runs=self.output.runs,
+            vocabulary=context.broadcast(vocab),
+            code_to_index=context.broadcast(code_to_index),
+            sampler=sampler,
+            num_negatives=options.negatives,
+            seed=options.seed,
+            num_id_items=self.num_id_items,
+        )
+        split_stats, runs = self._write(examples, writer, units)
 
         self.bar.stage("merge")
         for code, split in enumerate(SPLITS):
-            self.output.write_split(split, code, self.buckets)
+            self.output.assemble(split, runs[code])
 
         self.bar.stage("manifest")
         return self._manifest(split_stats)
 
-    def _write_parts(self, examples: DataFrame) -> DataFrame:
-        """Write the examples in one job, as sorted runs that follow each other in time.
+    def _write(self, examples: DataFrame, writer: ExampleWriter, units: DataFrame):
+        """Write the examples in one Spark job; the per-split counts and the runs written.
 
         Each split is cut into time buckets of about equal size (from the
-        events' time histogram); a (split, bucket) run is one task's sorted
-        output, so the runs of a split, read bucket after bucket, are in
-        (time, example_key) order without a global sort. Examples dropped by
-        ``min_history`` go to bucket -1, to be counted.
+        events' time histogram); a task gets whole (split, bucket) runs, sorted,
+        so that a split's runs read bucket after bucket are in (time,
+        example_key) order without a global sort. Examples below
+        ``min_history`` get bucket -1: counted, not written.
         """
         slots = int(self.spark.conf.get("spark.sql.shuffle.partitions"))
         boundaries = stages.time_boundaries(self.histogram, self.low, self.high, slots)
-        self.buckets = len(boundaries) + 1
         dropped = F.col("history_full") < F.lit(self.options.min_history)
         bucket = F.when(dropped, -1).otherwise(stages.bucket_of(F.col("time"), boundaries))
-        rows = examples.select(*_EXAMPLE_COLUMNS, "split", bucket.alias("_bucket"))
-        path = self.output.work("parts")
-        (
-            rows.repartition(len(SPLITS) * self.buckets, "split", "_bucket")
+        ordered = (
+            examples.withColumn("_bucket", bucket)
+            .repartition(len(SPLITS) * (len(boundaries) + 1), "split", "_bucket")
             .sortWithinPartitions("split", "_bucket", "time", "example_key")
-            .write.partitionBy("split", "_bucket")
-            .parquet(path)
         )
-        return self.spark.read.schema(rows.schema).parquet(path)
+        results = ordered.mapInArrow(writer, RESULT_DDL)
+        run = F.col("kind") == RUN
+        totals = results.groupBy("split").agg(
+            *[F.sum(c).alias(c) for c in ("rows", "history_oov", "candidate_oov", "dropped")],
+            F.countDistinct("user_id").alias("users"),
+            F.collect_list(F.when(run, F.struct("bucket", "path"))).alias("runs"),
+        )
+        if self.has_impressions:
+            no_click = (F.col("split") == TRAIN) & ~F.exists("_rows", lambda r: r["label"] == 1)
+            without = units.agg(F.sum(no_click.cast("long")).alias("without_click"))
+            totals = totals.unionByName(without, allowMissingColumns=True)
+        stats = {split: _split_entry() for split in SPLITS}
+        runs: dict[int, list[str]] = {code: [] for code in range(len(SPLITS))}
+        for row in totals.collect():
+            if row["split"] is None:
+                stats[SPLITS[TRAIN]]["impressions_without_click"] = int(row["without_click"] or 0)
+                continue
+            code = int(row["split"])
+            entry = stats[SPLITS[code]]
+            entry.update(examples=int(row["rows"] or 0), users=int(row["users"]))
+            entry["oov"] = {
+                "history": int(row["history_oov"] or 0),
+                "candidates": int(row["candidate_oov"] or 0),
+            }
+            entry["dropped_min_history"] = int(row["dropped"] or 0)
+            runs[code] = [path for _, path in sorted((r["bucket"], r["path"]) for r in row["runs"])]
+        return stats, runs
 
     def _stage(self, frame: DataFrame, name: str) -> DataFrame:
         """Write ``frame`` to ``_work/{name}`` and read it back (computed once)."""
@@ -366,12 +418,6 @@ class _Job:
         self.first_seen[~keep] = _INT64_MAX
         kept_ids = items.filter(pa.array(keep & (events_per_item > 0)))
         return self.spark.createDataFrame(pa.table({"item_id": kept_ids}))
-
-    def _metadata(self, parsed: DataFrame) -> pa.Table | None:
-        if not self.metadata_rows:
-            return None
-        rows = parsed.where(F.col("kind") == readers.ITEM_KIND).orderBy("src", "pos")
-        return _to_arrow(rows.select("item_id", "category", "subcategory"))
 
     # -- splits and counts ---------------------------------------------------------------
 
@@ -492,124 +538,65 @@ class _Job:
 
     # -- examples --------------------------------------------------------------------------
 
-    def _click_examples(self, clicks, index_frame, sampler, code_to_index) -> DataFrame:
-        options, context = self.options, self.spark.sparkContext
+    def _click_examples(self, clicks: DataFrame, index_frame: DataFrame) -> DataFrame:
+        """One example per click: its number, history (window functions), the clicked item."""
         indexed = clicks.join(F.broadcast(index_frame), "item_id")
-        histories = stages.click_histories(indexed, options.history_length)
-        examples = histories.select(
+        histories = stages.click_histories(indexed, self.options.history_length)
+        return histories.select(
             F.concat_ws("/", "user_id", F.col("n").cast("string")).alias("example_key"),
             "user_id",
             "time",
             F.lit(None).cast("string").alias("impression_id"),
             "session_id",
+            "split",
             "history",
             "history_full",
             "item_code",
             "item_index",
-            "split",
+            F.lit(CLICK).cast("tinyint").alias("_kind"),
         )
-        examples = stages.click_negatives(
-            examples,
-            context.broadcast(sampler),
-            context.broadcast(code_to_index),
-            num_negatives=options.negatives,
-            seed=options.seed,
-        )
-        candidates = F.concat(F.array("item_index"), F.col("negatives"))
-        return _finish(examples.withColumn("candidates", candidates))
 
-    def _impression_examples(self, units, events, given, index_frame, vocab) -> DataFrame:
-        options = self.options
-        broadcast_vocab = self.spark.sparkContext.broadcast(vocab)
-        length = options.history_length
-        if given is not None:
+    def _impression_examples(self, units, events, given, index_frame) -> DataFrame:
+        """Train: one example per clicked row of an impression, with its non-clicked rows
+        as the pool of negatives; valid/test: one example per impression, all its rows."""
+        length = self.options.history_length
+        if given is not None:  # the log's own history: its most recent L, looked up later
             listed = F.coalesce(F.col("given"), F.array().cast("array<string>"))
             recent = F.slice(listed, F.greatest(F.size(listed) - length + 1, F.lit(1)), length)
             joined = units.join(
                 given.withColumnRenamed("history", "given"), "impression_id", "left"
             )
-            with_ids = joined.select(
+            units = joined.select(
                 "*", F.size(listed).alias("history_full"), recent.alias("history_ids")
             ).drop("given")
-            units = stages.lookup_ids(with_ids, broadcast_vocab, {"history_ids": "history"})
+            history = "history_ids"
         else:
             clicks = events.where(F.col("label") == 1).join(F.broadcast(index_frame), "item_id")
             units = stages.query_histories(units, clicks, length)
-        base = ["user_id", "time", "impression_id", "session_id", "history", "history_full"]
-
+            history = "history"
+        base = ["user_id", "time", "impression_id", "session_id", "split", history, "history_full"]
         train = units.where(F.col("split") == TRAIN).select(
-            *base, "split", "_rows", F.posexplode("_rows").alias("position", "row")
+            *base, "_rows", F.posexplode("_rows").alias("position", "row")
         )
+        key = F.concat_ws("/", "impression_id", F.col("position").cast("string"))
+        pool = F.transform(F.filter("_rows", lambda r: r["label"] == 0), lambda r: r["item_id"])
         train = train.where(F.col("row.label") == 1).select(
             *base,
-            "split",
-            F.concat_ws("/", "impression_id", F.col("position").cast("string")).alias(
-                "example_key"
-            ),
+            key.alias("example_key"),
             F.col("row.item_id").alias("positive"),
-            F.transform(F.filter("_rows", lambda r: r["label"] == 0), lambda r: r["item_id"]).alias(
-                "pool"
-            ),
-        )
-        train = stages.impression_negatives(
-            train, num_negatives=options.negatives, seed=options.seed
-        )
-        train = stages.lookup_ids(
-            train, broadcast_vocab, {"positive": "positive_index", "negatives": "negative_index"}
-        )
-        train = _finish(
-            train.withColumn(
-                "candidates", F.concat(F.array("positive_index"), F.col("negative_index"))
-            )
+            pool.alias("pool"),
+            F.lit(TRAIN_IMPRESSION).cast("tinyint").alias("_kind"),
         )
         evaluation = units.where(F.col("split") != TRAIN).select(
             *base,
-            "split",
             F.col("impression_id").alias("example_key"),
             F.transform("_rows", lambda r: r["item_id"]).alias("candidate_ids"),
             F.transform("_rows", lambda r: r["label"].cast("tinyint")).alias("labels"),
+            F.lit(EVAL_IMPRESSION).cast("tinyint").alias("_kind"),
         )
-        evaluation = stages.lookup_ids(evaluation, broadcast_vocab, {"candidate_ids": "candidates"})
-        columns = [*_EXAMPLE_COLUMNS, "split", "history_full"]
-        evaluation = _typed(evaluation).select(*columns)
-        return train.select(*columns).unionByName(evaluation)
+        return train.unionByName(evaluation, allowMissingColumns=True)
 
     # -- statistics and manifest -----------------------------------------------------------
-
-    def _split_stats(self, parts: DataFrame, units: DataFrame) -> dict[str, dict]:
-        """Per split: examples, users, OOV entries, dropped examples (one Spark job); and
-        the training impressions without a click (impression logs)."""
-        kept = F.col("_bucket") >= 0
-
-        def unseen(column: str):  # OOV, or known from metadata only (no ID embedding)
-            no_id = F.filter(column, lambda x: (x == OOV_INDEX) | (x >= self.num_id_items))
-            return F.sum(F.when(kept, F.size(no_id)).otherwise(0))
-
-        stats = parts.groupBy("split").agg(
-            F.sum(kept.cast("long")).alias("examples"),
-            F.countDistinct(F.when(kept, F.col("user_id"))).alias("users"),
-            unseen("history").alias("history_oov"),
-            unseen("candidates").alias("candidate_oov"),
-            F.sum((~kept).cast("long")).alias("dropped"),
-        )
-        if self.has_impressions:
-            without = units.where(
-                (F.col("split") == TRAIN) & ~F.exists("_rows", lambda r: r["label"] == 1)
-            ).agg(F.count(F.lit(1)).alias("without_click"))
-            stats = stats.unionByName(without, allowMissingColumns=True)
-        result = {split: _split_entry() for split in SPLITS}
-        for row in stats.collect():
-            if row["split"] is None:
-                result[SPLITS[TRAIN]]["impressions_without_click"] = int(row["without_click"])
-                continue
-            entry = result[SPLITS[int(row["split"])]]
-            entry.update(examples=int(row["examples"]), users=int(row["users"]))
-            entry["oov"] = {
-                "history": int(row["history_oov"]),
-                "candidates": int(row["candidate_oov"]),
-            }
-            entry["dropped_min_history"] = int(row["dropped"])
-        return result
 
     def _manifest(self, split_stats: dict[str, dict]) -> dict:
         rows_rejected = int(sum(self.rejected.values()))
@@ -670,24 +657,6 @@ def _split_entry() -> dict:
     }
 
 
-def _finish(examples: DataFrame) -> DataFrame:
-    """Labels ``[1, 0, ...]`` for candidates that start with the positive; declared types."""
-    labelled = examples.withColumn("labels", stages.labels_first_positive(F.col("candidates")))
-    return _typed(labelled)
-
-
-def _typed(examples: DataFrame) -> DataFrame:
-    return examples.withColumns(
-        {
-            "history": F.col("history").cast("array<int>"),
-            "history_length": F.size("history").cast("int"),
-            "candidates": F.col("candidates").cast("array<int>"),
-            "labels": F.col("labels").cast("array<tinyint>"),
-            "time": F.col("time").cast("long"),
-        }
-    )
-
-
 def _to_arrow(frame: DataFrame) -> pa.Table:
     """A (small: per-item) DataFrame as an Arrow table on the driver."""
     if hasattr(frame, "toArrow"):
@@ -711,9 +680,9 @@ def _align(items: pa.Array, table: pa.Table, column: str) -> np.ndarray:
 # --------------------------------------------------------------------------- output
 
 
-def _output_for(spark, out_dir: str | Path, *, overwrite: bool):
+def _output_for(out_dir: str | Path, *, overwrite: bool):
     if readers.is_uri(str(out_dir)):
-        return _RemoteOutput(spark, str(out_dir).rstrip("/"), overwrite=overwrite)
+        return _RemoteOutput(str(out_dir).rstrip("/"), overwrite=overwrite)
     check_destination(out_dir, overwrite=overwrite)
     return _LocalOutput(Path(out_dir), overwrite=overwrite)
 
@@ -732,7 +701,13 @@ class _LocalOutput:
             yield
 
     def work(self, name: str) -> str:
+        """Where Spark stages ``name`` (a URI)."""
         return (self.tmp / "_work" / name).as_uri()
+
+    @property
+    def runs(self) -> str:
+        """Where the example writer puts its runs."""
+        return str(self.tmp / "_work" / "runs")
 
     def remove_work(self) -> None:
         shutil.rmtree(self.tmp / "_work", ignore_errors=True)
@@ -742,86 +717,85 @@ class _LocalOutput:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
 
-    def write_split(self, split: str, code: int, buckets: int) -> None:
-        """Join a split's sorted runs, bucket after bucket, into ``{split}.parquet``."""
-        folder = self.tmp / "_work" / "parts" / f"split={code}"
-        with pq.ParquetWriter(self.tmp / f"{split}.parquet", EXAMPLES, **_PARQUET_OPTIONS) as out:
-            for bucket in range(buckets):
-                for part in sorted((folder / f"_bucket={bucket}").glob("part-*.parquet")):
-                    for batch in pq.ParquetFile(part).iter_batches(batch_size=65_536):
-                        out.write_table(pa.Table.from_batches([batch]).cast(EXAMPLES))
+    def assemble(self, split: str, runs: list[str]) -> None:
+        """Join a split's runs, in order, into the one file ``{split}.parquet``."""
+        with pq.ParquetWriter(self.tmp / f"{split}.parquet", EXAMPLES, **PARQUET_OPTIONS) as out:
+            for run in runs:
+                for batch in pq.ParquetFile(run).iter_batches(batch_size=65_536):
+                    out.write_batch(batch)
 
     def write_manifest(self, manifest: dict) -> None:
         write_json(self.tmp / "manifest.json", manifest)
 
 
 class _RemoteOutput:
-    """A DATA_DIR on a Spark file system (object storage, HDFS): split directories,
-    ``manifest.json`` last (no atomic rename there)."""
+    """A DATA_DIR on object storage or HDFS: one directory of part files per split,
+    ``manifest.json`` written last (there is no atomic rename to rely on)."""
 
-    def __init__(self, spark, uri: str, *, overwrite: bool):
-        self.spark, self.uri, self.overwrite = spark, uri, overwrite
-        jvm = spark.sparkContext._jvm
-        self._path = jvm.org.apache.hadoop.fs.Path
-        self.fs = self._path(uri).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    def __init__(self, uri: str, *, overwrite: bool):
+        self.uri, self.overwrite = uri, overwrite
+        self.fs, self.root = filesystem(uri)
         self.run_id = uuid.uuid4().hex[:12]
 
     @contextlib.contextmanager
     def open(self) -> Iterator[None]:
-        root = self._path(self.uri)
-        if self.fs.exists(root):
-            if self.fs.getFileStatus(root).isFile():
-                raise NotADirectoryError(f"output {self.uri} exists and is not a directory")
-            if len(self.fs.listStatus(root)) and not self.overwrite:
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.File:
+            raise NotADirectoryError(f"output {self.uri} exists and is not a directory")
+        if info.type == pafs.FileType.Directory:
+            if self.fs.get_file_info(pafs.FileSelector(self.root)) and not self.overwrite:
                 raise FileExistsError(
                     f"output directory {self.uri} exists and is not empty; pass --overwrite "
                     "(overwrite=True) to replace it"
                 )
-            self.fs.delete(self._path(f"{self.uri}/manifest.json"), False)  # incomplete now
-            self.fs.delete(root, True)
+            self._delete("manifest.json")  # the old DATA_DIR is incomplete from now on
+            self.fs.delete_dir_contents(self.root)
+        self.fs.create_dir(self.root, recursive=True)
         try:
             yield
         except BaseException:
             self.remove_work()
             raise
 
+    def _delete(self, name: str) -> None:
+        info = self.fs.get_file_info(f"{self.root}/{name}")
+        if info.type == pafs.FileType.File:
+            self.fs.delete_file(info.path)
+        elif info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(info.path)
+
     def work(self, name: str) -> str:
+        """Where Spark stages ``name`` (a URI)."""
         return f"{self.uri}/_work-{self.run_id}/{name}"
 
+    @property
+    def runs(self) -> str:
+        """Where the example writer puts its runs."""
+        return self.work("runs")
+
     def remove_work(self) -> None:
-        self.fs.delete(self._path(f"{self.uri}/_work-{self.run_id}"), True)
+        self._delete(f"_work-{self.run_id}")
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        stream = self.fs.create(self._path(f"{self.uri}/{name}"), True)
-        try:
-            stream.write(bytearray(data))
-        finally:
-            stream.close()
+        path = f"{self.root}/{name}"
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with self.fs.open_output_stream(path) as stream:
+            stream.write(data)
 
     def write_table(self, name: str, table: pa.Table) -> None:
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         self.write_bytes(name, buffer.getvalue())
 
-    def write_split(self, split: str, code: int, buckets: int) -> None:
-        """Move a split's sorted runs into ``{split}.parquet/``, named in order."""
-        runs = f"{self.work('parts')}/split={code}"
-        target = self._path(f"{self.uri}/{split}.parquet")
-        self.fs.mkdirs(target)
-        for bucket in range(buckets):
-            folder = self._path(f"{runs}/_bucket={bucket}")
-            if not self.fs.exists(folder):
-                continue
-            files = sorted(
-                status.getPath().toString()
-                for status in self.fs.listStatus(folder)
-                if status.getPath().getName().startswith("part-")
-            )
-            for number, name in enumerate(files):
-                moved = self._path(
-                    f"{self.uri}/{split}.parquet/part-{bucket:05d}-{number:03d}.parquet"
-                )
-                self.fs.rename(self._path(name), moved)
+    def assemble(self, split: str, runs: list[str]) -> None:
+        """Move a split's runs into ``{split}.parquet/``, named in order (an empty split
+        gets one empty part, so that the directory reads as an empty table)."""
+        folder = f"{self.root}/{split}.parquet"
+        self.fs.create_dir(folder, recursive=True)
+        for number, run in enumerate(runs):
+            self.fs.move(filesystem(run)[1], f"{folder}/part-{number:05d}.parquet")
+        if not runs:
+            self.write_table(f"{split}.parquet/part-00000.parquet", EXAMPLES.empty_table())
 
     def write_manifest(self, manifest: dict) -> None:
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"

@@ -29,6 +29,7 @@ import dataclasses
 import fnmatch
 import hashlib
 import io
+import itertools
 import json
 import re
 import zipfile
@@ -333,14 +334,16 @@ def fingerprints(spark, sources: list[SourceSpec]) -> list[dict]:
 
 def parse(spark, format: str, sources: list[SourceSpec], *, on_bad_rows: str, reader_options):
     """A DataFrame of :data:`PARSED_SCHEMA` rows: the parsed sources (lazy, nothing runs yet)."""
-    rows = [(s.src, s.group, s.role, s.name, s.path, s.member, None) for s in sources if s.path]
-    frames = [spark.createDataFrame(rows, _SOURCE_DDL)] if rows else []
-    remote = [s for s in sources if s.uri]
-    if remote:
-        frames.append(_load_remote(spark, remote))
-    frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
     slots = max(1, min(len(sources), 4 * spark.sparkContext.defaultParallelism))
-    frame = frame.repartition(slots, "src")
+    rows = [(s.src, s.group, s.role, s.name, s.path, s.member, None) for s in sources if s.path]
+    frames = []
+    if rows:  # local files: the tasks open them, in contiguous slices of the read order
+        local = spark.sparkContext.parallelize(rows, slots)
+        frames.append(spark.createDataFrame(local, _SOURCE_DDL))
+    remote = [s for s in sources if s.uri]
+    if remote:  # loaded by Spark (a task per file), then spread over the tasks
+        frames.append(_load_remote(spark, remote).repartition(slots, "src"))
+    frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
     task = _ParseTask(format, on_bad_rows, dict(reader_options))
     return frame.mapInArrow(task, PARSED_DDL)
 
@@ -415,34 +418,42 @@ class _ParseTask:
     reader_options: dict
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for row in batch.to_pylist():
-                yield from self.parse_one(row)
+        rows = sorted((row for batch in batches for row in batch.to_pylist()), key=_src)
+        if self.format not in ("globo", "events"):
+            for row in rows:
+                yield from self.parse([row])
+            return
+        for _, group in itertools.groupby(rows, key=lambda row: row["grp"]):
+            yield from self.parse(list(group))  # text files of a call parse together
 
-    def parse_one(self, row: dict) -> Iterator[pa.RecordBatch]:
-        if row["data"] is not None:
-            base = PurePosixPath(row["member"] or row["name"]).name
-            source = _BytesSource(row["name"], Path(base), None, row["data"])
-        else:
-            source = _files.Source(row["name"], Path(row["path"]), row["member"])
+    def parse(self, rows: list[dict]) -> Iterator[pa.RecordBatch]:
+        """Parse consecutive sources of one reader call; their rows and one accounting row
+        (keyed by the first source)."""
+        sources = [_source_of(row) for row in rows]
         rejections = Rejections(self.on_bad_rows)
-        stats: dict[str, Any] = {"rows_read": 0, "error": None}
-        out: list[tuple[int, pa.Table]] = []
+        stats: dict[str, Any] = {"rows_read": 0, "error": None, "group": rows[0]["grp"]}
         try:
-            out = self._parse(source, row["role"], rejections, stats)
+            out = self._parse(sources, rows[0]["role"], rejections, stats)
         except (ValueError, OSError) as err:
             stats["error"] = error_record(err)
             out = []
         stats["by_reason"] = dict(rejections.by_reason)
         stats["examples"] = {key: list(shown) for key, shown in rejections.examples.items()}
+        src_of = {row["name"]: row["src"] for row in rows}
         for kind, table in out:
-            yield from _union_batches(kind, row["src"], table)
-        yield _union_batches.stats(row["src"], json.dumps(stats))
+            if kind == EVENT_KIND and len(rows) > 1:
+                names = table.column("source_file").to_pylist()
+                srcs = pa.array([src_of[name] for name in names], pa.int64())
+                yield from _union_batches(kind, srcs, table)
+            else:
+                yield from _union_batches(kind, rows[0]["src"], table)
+        yield _union_batches.stats(rows[0]["src"], json.dumps(stats))
 
-    def _parse(self, source, role, rejections, stats) -> list[tuple[int, pa.Table]]:
+    def _parse(self, sources, role, rejections, stats) -> list[tuple[int, pa.Table]]:
         if self.format == "mind":
-            return _parse_mind(source, role, rejections, stats)
+            return _parse_mind(sources[0], role, rejections, stats)
         if self.format == "sequences":
+            (source,) = sources
             chunk = _table.read_delimited(
                 source.name,
                 source.read_bytes(),
@@ -467,11 +478,23 @@ class _ParseTask:
             ]
         spec = globo.COLUMNS if self.format == "globo" else events_spec(self.reader_options)
         tables = []
-        for chunk in events._chunks([source], spec, "auto", None):
+        for chunk in events._chunks(sources, spec, "auto", None):
             stats["rows_read"] += chunk.rows_read
             tables.append(events._to_events(chunk, spec, rejections))
-        columns = [f.name for f in EVENTS][:6]
+        columns = [f.name for f in EVENTS][:6] + ["source_file"]
         return [(EVENT_KIND, pa.concat_tables([t.select(columns) for t in tables]))]
+
+
+def _src(row: dict) -> int:
+    return row["src"]
+
+
+def _source_of(row: dict) -> _files.Source:
+    """The reader's view of a source row: a local file (or member), or bytes Spark loaded."""
+    if row["data"] is not None:
+        base = PurePosixPath(row["member"] or row["name"]).name
+        return _BytesSource(row["name"], Path(base), None, row["data"])
+    return _files.Source(row["name"], Path(row["path"]), row["member"])
 
 
 def _parse_mind(source, role, rejections, stats) -> list[tuple[int, pa.Table]]:
@@ -501,11 +524,11 @@ def _parse_mind(source, role, rejections, stats) -> list[tuple[int, pa.Table]]:
 class _UnionBatches:
     """Record batches of :data:`PARSED_SCHEMA` (columns a kind lacks are null)."""
 
-    def __call__(self, kind: int, src: int, table: pa.Table) -> Iterator[pa.RecordBatch]:
+    def __call__(self, kind: int, src: int | pa.Array, table: pa.Table) -> Iterator[pa.RecordBatch]:
         rows = table.num_rows
         columns = {
             "kind": pa.array(np.full(rows, kind, np.int8)),
-            "src": pa.array(np.full(rows, src, np.int64)),
+            "src": src if isinstance(src, pa.Array) else pa.array(np.full(rows, src, np.int64)),
             "pos": pa.array(np.arange(rows, dtype=np.int64)),
         }
         for field in PARSED_SCHEMA:

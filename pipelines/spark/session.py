@@ -77,9 +77,9 @@ def local_session(
 ):
     """A SparkSession: the active one, or a new local-mode one (``local[cores]``).
 
-    ``spark-submit`` (or any session already running in this process) decides
-    the master; otherwise Spark runs in local mode on this machine (unless
-    ``config`` names a ``spark.master``). Python
+    Under ``spark-submit`` the submitted master and settings are used (plus
+    ``config``); otherwise Spark runs in local mode on this machine (unless
+    ``config`` names a ``spark.master``) with the settings below. Python
     workers use this interpreter (``PYSPARK_PYTHON``, unless already set).
 
     Args:
@@ -109,6 +109,11 @@ def local_session(
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if _submitted():  # spark-submit decided the master and settings
+        builder = SparkSession.builder.appName(app_name)
+        for key, value in (config or {}).items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     find_java()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     count = (os.cpu_count() or 2) if cores == "*" else cores
@@ -122,7 +127,7 @@ def local_session(
     }
     settings.update(config or {})
     builder = SparkSession.builder.appName(app_name)
-    if not _submitted() and "spark.master" not in settings:
+    if "spark.master" not in settings:
         builder = builder.master(f"local[{cores}]")
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -11,11 +11,10 @@ written again for Spark, tested to give equal tables:
   time, most recent L, oldest first: :func:`click_histories` for click logs
   (every click is an example), :func:`query_histories` for other examples
   (impressions);
-* **negatives**: the local samplers themselves (``NegativeSampler``,
-  ``choose_from_pools``), broadcast and called on Arrow batches in
-  ``mapInArrow``; negatives are a function of (seed, example key) only, so
-  Spark's partitioning and row order cannot change them;
-* **vocabulary lookups** of id lists (``Vocabulary.lookup`` in ``mapInArrow``).
+* **activity** for the negative sampler: each item's live intervals
+  (:func:`live_intervals`); negatives themselves are drawn by the local
+  samplers in :mod:`pipelines.spark.writer`, a function of (seed, example
+  key) only, so Spark's partitioning and row order cannot change them.
 
 Columns used throughout: ``user_id``, ``time`` (int64 ms) and ``(_src, _pos)``,
 the raw row's place in the read order (ties at equal times follow it).
@@ -23,22 +22,13 @@ the raw row's place in the read order (ties at equal times follow it).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator
-from typing import Any
-
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
-from pipelines.negatives import choose_from_pools, hash_strings, matrix_to_lists, stream_keys
 from pipelines.splits import TEST, TRAIN, VALID, check_fractions
 
 ORDER = ("time", "_src", "_pos")
-_INT_LIST = pa.list_(pa.int32())
 
 
 # --------------------------------------------------------------------------- splits
@@ -258,132 +248,6 @@ def query_histories(queries: DataFrame, clicks: DataFrame, history_length: int) 
     )
 
 
-# --------------------------------------------------------------------------- negatives
-
-
-def click_negatives(
-    examples: DataFrame, sampler, code_to_index, *, num_negatives: int, seed: int
-) -> DataFrame:
-    """``examples`` plus ``negatives`` (item indices) from the local ``NegativeSampler``.
-
-    Args:
-        examples: ``example_key``, ``time`` and ``item_code`` (the positive's code).
-        sampler: a Spark broadcast of the ``NegativeSampler``.
-        code_to_index: a broadcast of the int32 array item code -> vocabulary index.
-        num_negatives, seed: K and the seed.
-    """
-    task = _ClickNegatives(sampler, code_to_index, num_negatives, seed)
-    return examples.mapInArrow(task, _with_field(examples, "negatives", _INT_LIST_TYPE))
-
-
-def impression_negatives(examples: DataFrame, *, num_negatives: int, seed: int) -> DataFrame:
-    """``examples`` plus ``negatives``: up to K raw ids of each ``pool`` (``list<string>``),
-    chosen by ``choose_from_pools`` from (seed, ``example_key``), as the local engine does."""
-    task = _PoolNegatives(num_negatives, seed)
-    return examples.mapInArrow(
-        task, _with_field(examples, "negatives", T.ArrayType(T.StringType()))
-    )
-
-
-def lookup_ids(frame: DataFrame, vocabulary, columns: dict[str, str]) -> DataFrame:
-    """Replace raw item ids by vocabulary indices (unknown -> OOV) with ``Vocabulary.lookup``.
-
-    Args:
-        frame: the DataFrame.
-        vocabulary: a broadcast of the ``Vocabulary``.
-        columns: ``{column: new column}``; a string column becomes int, a
-            ``list<string>`` column ``list<int>`` (null lists become empty).
-    """
-    schema = T.StructType(list(frame.schema.fields))
-    for source, target in columns.items():
-        kind = frame.schema[source].dataType
-        out = T.ArrayType(T.IntegerType()) if isinstance(kind, T.ArrayType) else T.IntegerType()
-        schema = schema.add(target, out)
-    return frame.mapInArrow(_Lookup(vocabulary, dict(columns)), schema)
-
-
-_INT_LIST_TYPE = T.ArrayType(T.IntegerType())
-
-
-def _with_field(frame: DataFrame, name: str, kind: T.DataType) -> T.StructType:
-    return T.StructType([*frame.schema.fields, T.StructField(name, kind)])
-
-
-def _append(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
-    return pa.RecordBatch.from_arrays([*batch.columns, values], [*batch.schema.names, name])
-
-
-def _lists(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
-    """Offsets from 0 (int64) and flat values of a list array; nulls are empty lists."""
-    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False)
-    offsets = np.zeros(len(values) + 1, np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return offsets, pc.list_flatten(values)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ClickNegatives:
-    sampler: Any
-    code_to_index: Any
-    num_negatives: int
-    seed: int
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        sampler, index = self.sampler.value, self.code_to_index.value
-        for batch in batches:
-            codes = batch.column("item_code").to_numpy(zero_copy_only=False).astype(np.int64)
-            matrix = sampler.sample(
-                hash_strings(batch.column("example_key")),
-                batch.column("time").to_numpy(zero_copy_only=False),
-                codes,
-                self.num_negatives,
-                self.seed,
-            )
-            matrix = np.where(matrix >= 0, index[np.maximum(matrix, 0)], -1)
-            yield _append(batch, "negatives", matrix_to_lists(matrix).cast(_INT_LIST))
-
-
-@dataclasses.dataclass(frozen=True)
-class _PoolNegatives:
-    num_negatives: int
-    seed: int
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            offsets, values = _lists(batch.column("pool"))
-            chosen_offsets, chosen = choose_from_pools(
-                stream_keys(self.seed, hash_strings(batch.column("example_key"))),
-                offsets[:-1],
-                offsets[1:],
-                hash_strings(values),
-                self.num_negatives,
-            )
-            negatives = pa.ListArray.from_arrays(
-                pa.array(chosen_offsets.astype(np.int32)), values.take(pa.array(chosen))
-            )
-            yield _append(batch, "negatives", negatives)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Lookup:
-    vocabulary: Any
-    columns: dict
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        vocabulary = self.vocabulary.value
-        for batch in batches:
-            for source, target in self.columns.items():
-                values = batch.column(source)
-                if pa.types.is_list(values.type) or pa.types.is_large_list(values.type):
-                    offsets, flat = _lists(values)
-                    indices = pa.array(vocabulary.lookup(flat), pa.int32())
-                    mapped = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), indices)
-                else:
-                    mapped = pa.array(vocabulary.lookup(values), pa.int32())
-                batch = _append(batch, target, mapped)
-            yield batch
-
-
 # --------------------------------------------------------------------------- activity
 
 
@@ -403,8 +267,3 @@ def live_intervals(events: DataFrame, window: int) -> DataFrame:
         .agg(F.min("time").alias("start"), (F.max("time") + F.lit(window)).alias("end"))
         .drop("_interval")
     )
-
-
-def labels_first_positive(candidates: Column) -> Column:
-    """``[1, 0, 0, ...]`` (tinyint) as long as ``candidates``: the positive comes first."""
-    return F.transform(candidates, lambda _, i: F.when(i == 0, 1).otherwise(0).cast("tinyint"))
