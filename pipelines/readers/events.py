@@ -184,17 +184,7 @@ def read(
     inputs: str | Path | Sequence[str | Path],
     *,
     on_bad_rows: OnBadRows = "error",
-    user_col: str = "user_id",
-    item_col: str = "item_id",
-    time_col: str = "timestamp",
-    event_col: str | None = None,
-    impression_col: str | None = None,
-    session_col: str | None = None,
-    time_unit: str = "auto",
-    event_labels: Mapping[str, int] | None = None,
-    extra_cols: Mapping[str, pa.DataType] | Sequence[str] | None = None,
-    file_format: str = "auto",
-    delimiter: str | None = None,
+    **options,
 ) -> ReadResult:
     """Read a generic click log into canonical events.
 
@@ -202,42 +192,29 @@ def read(
         inputs: files, directories, globs or zip archives (see module docs).
         on_bad_rows: ``"error"`` raises ``BadRowError`` at the first bad row;
             ``"skip"`` drops bad rows and counts them by reason.
-        user_col, item_col, time_col: columns of user ids, item ids and times.
-        event_col: column of event types, mapped by ``event_labels``; an
-            unmapped value is rejected as ``unknown_event_type``. ``None``:
-            every row is a click.
-        impression_col, session_col: optional id columns.
-        time_unit: ``"auto"``, ``"s"``, ``"ms"`` or ``"iso"``.
-        event_labels: event type -> label. Defaults to ``click`` -> 1,
-            ``impression``/``view``/``show`` -> 0.
-        extra_cols: more columns to keep in the events table, as a list of
-            names (kept as strings) or a name -> Arrow type mapping.
-        file_format: ``"auto"`` (by suffix) or one of ``"csv"``, ``"tsv"``,
-            ``"jsonl"``, ``"parquet"``.
-        delimiter: field separator of text files; defaults to ``,`` for CSV
-            and tab for TSV.
+        **options: the column mapping and format (keyword only):
+
+            * ``user_col``, ``item_col``, ``time_col``: columns of user ids,
+              item ids and times (defaults ``user_id``, ``item_id``, ``timestamp``).
+            * ``event_col``: column of event types, mapped by ``event_labels``;
+              an unmapped value is rejected as ``unknown_event_type``. ``None``
+              (the default): every row is a click.
+            * ``impression_col``, ``session_col``: optional id columns.
+            * ``time_unit``: ``"auto"`` (the default), ``"s"``, ``"ms"`` or ``"iso"``.
+            * ``event_labels``: event type -> label. Defaults to ``click`` -> 1,
+              ``impression``/``view``/``show`` -> 0.
+            * ``extra_cols``: more columns to keep in the events table, as a
+              list of names (kept as strings) or a name -> Arrow type mapping.
+            * ``file_format``: ``"auto"`` (by suffix, the default) or one of
+              ``"csv"``, ``"tsv"``, ``"jsonl"``, ``"parquet"``.
+            * ``delimiter``: field separator of text files; defaults to ``,``
+              for CSV and tab for TSV.
 
     Returns:
         A ``ReadResult`` whose ``rows_read`` counts log rows:
         ``combine(read_batches(...))`` with the same arguments.
     """
-    return combine(
-        read_batches(
-            inputs,
-            on_bad_rows=on_bad_rows,
-            user_col=user_col,
-            item_col=item_col,
-            time_col=time_col,
-            event_col=event_col,
-            impression_col=impression_col,
-            session_col=session_col,
-            time_unit=time_unit,
-            event_labels=event_labels,
-            extra_cols=extra_cols,
-            file_format=file_format,
-            delimiter=delimiter,
-        )
-    )
+    return combine(read_batches(inputs, on_bad_rows=on_bad_rows, **options))
 
 
 def read_batches(
@@ -251,7 +228,8 @@ def read_batches(
     """``read`` one batch at a time, in bounded memory.
 
     Args:
-        inputs, on_bad_rows, **options: as for :func:`read`.
+        inputs, on_bad_rows, **options: as for :func:`read` (an unknown option
+            is a ``TypeError``).
         batch_bytes: int. Text is parsed in batches of about this many bytes:
             consecutive small files together, a larger file in blocks of whole
             lines read from disk (or from its zip member, gzipped or not) as
@@ -329,20 +307,9 @@ def _is_log_file(name: str) -> bool:
     return Path(name).suffix.lower() in _SUFFIXES
 
 
-def read_sources(
-    sources: Sequence[_files.Source],
-    spec: EventColumns,
-    *,
-    on_bad_rows: OnBadRows = "error",
-    file_format: str = "auto",
-    delimiter: str | None = None,
-) -> ReadResult:
-    """Read resolved sources with a column mapping, whole."""
-    return combine(
-        read_source_batches(
-            sources, spec, on_bad_rows=on_bad_rows, file_format=file_format, delimiter=delimiter
-        )
-    )
+def read_sources(sources: Sequence[_files.Source], spec: EventColumns, **options) -> ReadResult:
+    """Read resolved sources with a column mapping, whole (see :func:`read_source_batches`)."""
+    return combine(read_source_batches(sources, spec, **options))
 
 
 def read_source_batches(
