@@ -198,6 +198,7 @@ def test_padding_rows_change_nothing():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # compiling the model's step with XLA takes 15-35 s on 2 shared cores
 def test_xla_step_matches_the_plain_step():
     plain, plain_optimizer = tiny_model()
     compiled, compiled_optimizer = tiny_model()
