@@ -37,7 +37,7 @@ Splits: ``time`` mode cuts at event-time quantiles (see
 are given; ``leave-last-out`` is per user (the default for ``sequences``).
 
 Memory: the reader streams (``pipelines.readers.read_batches``: batches of
-about ``16 * max_rows_in_memory`` bytes of text, 1 to 32 MB, parsed in
+about ``16 * max_rows_in_memory`` bytes of text, 1 to 16 MB, parsed in
 threads; a zip archive member by member, a large file in blocks of lines).
 Up to ``max_rows_in_memory`` canonical events are processed as one
 partition; as soon as the rows read so far, extrapolated by the share of the
@@ -357,8 +357,11 @@ def prepare(
 
 
 def _batch_bytes(max_rows_in_memory: int) -> int:
-    """Raw bytes per reader batch: about 16 per row allowed in memory, 1 to 32 MB."""
-    return int(min(max(16 * max_rows_in_memory, 1 << 20), 32 << 20))
+    """Raw bytes per reader batch: about 16 per row allowed in memory, 1 to 16 MB.
+
+    Small enough that the reader's threads overlap well (Globo: a dozen batches).
+    """
+    return int(min(max(16 * max_rows_in_memory, 1 << 20), 16 << 20))
 
 
 def _registered_reader(format: str) -> ReadFunction:
