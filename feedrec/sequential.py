@@ -296,46 +296,64 @@ def batch_indices(
     return batches
 
 
-def SequenceBatches(sequences: Sequences, batch_size: int, seed: int, width_multiple: int = 16):  # noqa: N802
-    """A ``keras.utils.PyDataset`` of ``({"items", "lengths"}, targets)`` batches.
+def sequence_batches(
+    sequences: Sequences, batch_size: int, rng: np.random.Generator, width_multiple: int = 16
+):
+    """One epoch of ``({"items", "lengths"}, targets)`` batches, as NumPy arrays.
 
-    Each batch is cut to its longest row rounded up to ``width_multiple``;
-    a new seeded shuffle every epoch. Rows without any target are dropped.
+    Rows without any target are dropped; the rest are batched by
+    :func:`batch_indices`, and each batch is cut to its longest row rounded
+    up to ``width_multiple`` (at most ``L``).
     """
-    import keras
+    keep = np.flatnonzero((sequences.targets >= FIRST_ITEM_INDEX).any(axis=1))
+    lengths = sequences.lengths[keep]
+    full_width = sequences.items.shape[1]
+    for local in batch_indices(lengths, batch_size, rng):
+        rows = keep[local]
+        longest = max(int(sequences.lengths[rows].max()), 1)
+        width = min(full_width, -(-longest // width_multiple) * width_multiple)
+        inputs = {
+            "items": sequences.items[rows, :width],
+            "lengths": sequences.lengths[rows],
+        }
+        yield inputs, sequences.targets[rows, :width]
 
-    keep = (sequences.targets >= FIRST_ITEM_INDEX).any(axis=1)
-    items, lengths = sequences.items[keep], sequences.lengths[keep]
-    targets = sequences.targets[keep]
-    full_width = items.shape[1]
 
-    class _Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__()
-            self.epoch = 0
-            self._make()
+def count_batches(sequences: Sequences, batch_size: int, pool: int = 64) -> int:
+    """The number of batches :func:`sequence_batches` yields per epoch."""
+    rows = int((sequences.targets >= FIRST_ITEM_INDEX).any(axis=1).sum())
+    span = batch_size * pool
+    full, rest = divmod(rows, span)
+    return full * pool + -(-rest // batch_size)
 
-        def _make(self):
-            rng = np.random.default_rng([seed, self.epoch])
-            self.batches = batch_indices(lengths, batch_size, rng)
 
-        def __len__(self):
-            return len(self.batches)
+def sequence_dataset(sequences: Sequences, batch_size: int, seed: int, width_multiple: int = 16):
+    """A ``tf.data.Dataset`` of :func:`sequence_batches`, reshuffled every epoch.
 
-        def __getitem__(self, index):
-            rows = self.batches[index]
-            longest = int(lengths[rows].max()) if len(rows) else 1
-            width = min(full_width, -(-max(longest, 1) // width_multiple) * width_multiple)
-            return (
-                {"items": items[rows, :width], "lengths": lengths[rows]},
-                targets[rows, :width],
-            )
+    Each pass over the dataset (each Keras epoch) draws a new batch order from
+    ``numpy.random.default_rng([seed, epoch])``. Shapes are declared
+    ``(None, None)``, so batches of any width share one traced step.
+    """
+    import itertools
 
-        def on_epoch_end(self):
-            self.epoch += 1
-            self._make()
+    import tensorflow as tf
 
-    return _Batches()
+    epochs = itertools.count()
+
+    def generate():
+        rng = np.random.default_rng([seed, next(epochs)])
+        yield from sequence_batches(sequences, batch_size, rng, width_multiple)
+
+    signature = (
+        {
+            "items": tf.TensorSpec((None, None), tf.int32),
+            "lengths": tf.TensorSpec((None,), tf.int32),
+        },
+        tf.TensorSpec((None, None), tf.int32),
+    )
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    steps = count_batches(sequences, batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)
 
 
 # ---------------------------------------------------------------------------- model
@@ -749,12 +767,11 @@ def train_sequential(
     keras.utils.set_random_seed(config.train.seed)
     model, vocab_sizes = build_sequential_model(config, data_dir, sequential)
     counts = item_counts(data_dir / "items.parquet")
-    batches = SequenceBatches(
+    batches = sequence_dataset(
         sequences, config.train.batch_size, config.train.seed, sequential.width_multiple
     )
-    trainer = compile_trainer(
-        model, config, sequential, config.train.epochs * len(batches), counts=counts
-    )
+    steps = count_batches(sequences, config.train.batch_size)
+    trainer = compile_trainer(model, config, sequential, config.train.epochs * steps, counts=counts)
     callbacks = []
     valid_path = data_dir / "valid.parquet"
     if sequential.validate_every and valid_path.exists() and pq.read_metadata(valid_path).num_rows:
@@ -777,7 +794,9 @@ def train_sequential(
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     fit_started = time.perf_counter()
-    fit = trainer.fit(batches, epochs=config.train.epochs, callbacks=callbacks, verbose=verbose)
+    fit = trainer.fit(
+        batches, epochs=config.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False
+    )
     history: dict[str, Any] = {k: [float(v) for v in values] for k, values in fit.history.items()}
     history["train_seconds"] = time.perf_counter() - fit_started
     history["setup_seconds"] = fit_started - started

@@ -20,12 +20,14 @@ from feedrec.models.recommender import build_model
 from feedrec.next_item import FULL
 from feedrec.sequential import (
     NextItemTrainer,
-    SequenceBatches,
     SequentialConfig,
     batch_indices,
     click_order,
+    count_batches,
     load_training_sequences,
     sampled_softmax_logits,
+    sequence_batches,
+    sequence_dataset,
     sequences_from_examples,
     train_sequential,
 )
@@ -118,11 +120,26 @@ def test_batches_cover_every_row_once_and_group_similar_lengths():
 
 
 def test_batches_are_cut_to_a_multiple_of_the_width():
-    table = examples([("a", 1, 2, [2, 3], 4), ("b", 1, 2, [5], 6)])
+    table = examples([("a", 1, 2, [2, 3], 4), ("b", 1, 2, [5], 6), ("c", 0, 1, [], 7)])
     seqs = sequences_from_examples(table, max_length=40)
-    inputs, targets = SequenceBatches(seqs, batch_size=8, seed=0, width_multiple=16)[0]
+    batches = list(sequence_batches(seqs, 8, np.random.default_rng(0), width_multiple=16))
+    assert len(batches) == 1 == count_batches(seqs, 8)  # user c has nothing to learn
+    inputs, targets = batches[0]
     assert inputs["items"].shape == (2, 16) and targets.shape == (2, 16)
     assert sorted(inputs["lengths"].tolist()) == [1, 2]
+
+
+def test_dataset_reshuffles_every_epoch_and_accepts_any_width():
+    rows = [(f"u{i}", 1, 1, list(range(2, 3 + i)), 40) for i in range(12)]
+    seqs = sequences_from_examples(examples(rows), max_length=20)
+    dataset = sequence_dataset(seqs, batch_size=4, seed=0, width_multiple=4)
+    first = [x["lengths"].numpy().tolist() for x, _ in dataset]
+    second = [x["lengths"].numpy().tolist() for x, _ in dataset]
+    assert len(first) == count_batches(seqs, 4) == 3
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(1, 13))
+    assert first != second
+    widths = {x["items"].shape[1] for x, _ in dataset}
+    assert len(widths) > 1 and all(w % 4 == 0 for w in widths)
 
 
 # ---------------------------------------------------------------- the model

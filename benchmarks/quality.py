@@ -1,0 +1,617 @@
+"""Quality on real data: one command per dataset, results in ``benchmarks/results/<name>.json``.
+
+Usage (from the repository root; the data lives in ``../shared/data``)::
+
+    python benchmarks/quality.py --dataset ml-1m
+    python benchmarks/quality.py --dataset ml-1m --config benchmarks/configs/ml-1m-9min.toml
+    python benchmarks/quality.py --dataset globo-g1
+    python benchmarks/quality.py --dataset mind
+
+Each dataset has a config under ``benchmarks/configs/`` (``[benchmark]``,
+``[prepare]``, ``[model]``, ``[train]``, ``[sequential]``, ``[evaluation]``
+and, for Globo, ``[incremental]``); ``--config`` picks another. Every seed
+trains from scratch; the headline figure of each metric is the mean over the
+seeds with the standard deviation beside it (``"ndcg@10"``,
+``"ndcg@10_std"``). Baselines (popularity, recent popularity, random) do not
+depend on the model's seed and are computed once, by the same code.
+
+Protocols:
+
+* **ml-1m** -- SASRec's leave-one-out (the last item is test, the second-last
+  validation, the rest train) after SASRec's filtering (items with fewer than
+  5 interactions dropped; the counts are checked). ``full``: the test item
+  against every item, the user's history excluded; ``sampled_uniform_100``:
+  against 100 uniformly sampled items the user never clicked.
+* **globo-g1** -- Transformers4Rec's incremental protocol on one-hour
+  windows: before window ``w``, the model is fine-tuned on the clicks of
+  window ``w - 1`` (so it has seen every earlier window once); then, for each
+  session whose last click falls in window ``w`` and that has at least two
+  clicks, that last click is predicted from the user's earlier clicks
+  (earlier sessions included) against the whole catalogue, the user's
+  history excluded; metrics are averaged over the windows. Windows are cut by
+  click time, so no training click is later than an evaluated one (cutting by
+  session start would train on a session's clicks that run into the next
+  window).
+* **mind** -- the impression protocol on the MIND sample (a smoke figure).
+
+Scratch data (prepared examples, runs) goes to ``--workdir`` (default
+``/tmp/feedrec-quality``), never into the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA = REPO / ".." / "shared" / "data"
+CONFIGS = REPO / "benchmarks" / "configs"
+RESULTS = REPO / "benchmarks" / "results"
+DATASETS = {
+    "ml-1m": {"format": "sequences", "inputs": ["ml-1m/ml-1m_sequences.txt.gz"]},
+    "globo-g1": {"format": "globo", "inputs": ["globo-news-clicks/clicks_hour_000-309.zip"]},
+    "mind": {"format": "mind", "inputs": ["mind-small-subset"]},
+}
+SECTIONS = ("benchmark", "prepare", "model", "train", "sequential", "evaluation", "incremental")
+HOUR_MS = 3_600_000
+
+logger = logging.getLogger("quality")
+
+
+# ---------------------------------------------------------------------------- plumbing
+
+
+def load_spec(path: Path) -> dict[str, dict]:
+    """The sections of a benchmark config (unknown sections are an error)."""
+    spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    unknown = sorted(set(spec) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    return {name: dict(spec.get(name, {})) for name in SECTIONS}
+
+
+def model_config(spec: dict, seed: int):
+    from feedrec.config import Config
+
+    train = {**spec["train"], "seed": seed}
+    return Config.from_dict({"model": spec["model"], "train": train}, source="benchmark config")
+
+
+def git_state() -> dict:
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return result.stdout.strip()
+
+    dirty = [
+        line[3:]
+        for line in git(
+            "status", "--porcelain", "--", "feedrec", "pipelines", "benchmarks"
+        ).splitlines()
+        if line and not line[3:].startswith("benchmarks/results/")
+    ]
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_code": dirty}
+
+
+def device() -> str:
+    model = platform.processor() or "CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpus = []
+    try:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+    except ImportError:
+        pass
+    cores = len(os.sched_getaffinity(0))
+    return f"{model}, {cores} CPU cores" + (f", {len(gpus)} GPU(s)" if gpus else ", no GPU")
+
+
+class LoadMeter:
+    """Samples the 1-minute load average every ``every`` seconds, in a daemon thread.
+
+    Other work on a shared machine slows the runs; the mean load says how much.
+    """
+
+    def __init__(self, every: float = 30.0) -> None:
+        import threading
+
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self.sample()
+
+        def loop() -> None:
+            while not self._stop.wait(every):
+                self.sample()
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def sample(self) -> None:
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        self._stop.set()
+        self.sample()
+        return {
+            "mean": round(float(np.mean(self.samples)), 2),
+            "max": round(float(np.max(self.samples)), 2),
+            "samples": len(self.samples),
+        }
+
+
+def prepare_cached(dataset: str, spec: dict, work: Path) -> Path:
+    """Prepare the dataset into ``work`` unless an identical preparation is there."""
+    from pipelines.prepare import PrepareOptions, prepare
+
+    info = DATASETS[dataset]
+    inputs = [DATA / relative for relative in info["inputs"]]
+    missing = [str(path) for path in inputs if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"real data absent: {missing} (expected ../shared/data)")
+    options = PrepareOptions(**spec["prepare"], overwrite=True)
+    out = work / f"{dataset}-data"
+    wanted = {k: v for k, v in dataclasses.asdict(options).items() if k != "overwrite"}
+    manifest_path = out / "manifest.json"
+    if manifest_path.exists():
+        saved = json.loads(manifest_path.read_text())["parameters"]
+        if {k: saved.get(k) for k in wanted} == wanted:
+            logger.info("reusing prepared %s in %s", dataset, out)
+            return out
+    logger.info("preparing %s into %s", dataset, out)
+    prepare(info["format"], inputs, out, options=options)
+    return out
+
+
+def data_summary(data_dir: Path) -> dict:
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    return {
+        "rows_read": manifest["rows_read"],
+        "interactions": manifest["rows_used"],
+        "rows_rejected": manifest["rows_rejected"],
+        "rejected_by_reason": manifest["rejected_by_reason"],
+        "users": manifest["users"],
+        "items": manifest["num_items"] - 2,
+        "splits": {name: split["examples"] for name, split in manifest["splits"].items()},
+    }
+
+
+def check_expected(summary: dict, expected: dict) -> dict:
+    checks = {}
+    for key, value in expected.items():
+        checks[key] = {"expected": value, "found": summary[key], "ok": summary[key] == value}
+        if summary[key] != value:
+            logger.warning("%s: expected %s, found %s", key, value, summary[key])
+    return checks
+
+
+def mean_std(per_seed: list[dict]) -> dict:
+    """``{metric: mean, metric_std: std}`` over seeds (population std, ddof=0)."""
+    out: dict[str, float] = {}
+    for key in per_seed[0]:
+        values = [row[key] for row in per_seed]
+        if key in ("examples", "unrankable_targets", "impressions", "skipped_impressions"):
+            out[key] = values[0]
+            continue
+        out[key] = round(float(np.mean(values)), 4)
+        out[f"{key}_std"] = round(float(np.std(values)), 4)
+    return out
+
+
+def rounded(metrics: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+# ---------------------------------------------------------------------------- ml-1m
+
+
+def run_sequences(dataset: str, spec: dict, seeds: list[int], work: Path) -> dict:
+    """Leave-one-out next-item benchmark (ML-1M): train per seed, evaluate on test."""
+    from feedrec.evaluation import evaluate_run
+    from feedrec.sequential import SequentialConfig, train_sequential
+
+    data_dir = prepare_cached(dataset, spec, work)
+    summary = data_summary(data_dir)
+    evaluation = spec["evaluation"]
+    sampled = tuple((mode, int(k)) for mode, k in evaluation.get("sampled", [["uniform", 100]]))
+    sequential = SequentialConfig.from_dict(spec["sequential"])
+    per_seed, runs, baselines = [], [], None
+    for seed in seeds:
+        run_dir = work / f"{spec['benchmark']['name']}-run-{seed}"
+        started = time.perf_counter()
+        history = train_sequential(
+            data_dir, run_dir, model_config(spec, seed), sequential, overwrite=True, verbose=2
+        )
+        train_wall = time.perf_counter() - started
+        results = evaluate_run(
+            run_dir,
+            data_dir,
+            evaluation.get("split", "test"),
+            seed=int(evaluation.get("seed", 0)),
+            protocol="next_item",
+            sampled=sampled,
+        )
+        per_seed.append({name: scored["model"] for name, scored in results["protocols"].items()})
+        if baselines is None:
+            baselines = {
+                name: {scorer: rounded(m) for scorer, m in scored.items() if scorer != "model"}
+                for name, scored in results["protocols"].items()
+            }
+        runs.append(
+            {
+                "seed": seed,
+                "train_wall_s": round(train_wall, 1),
+                "train_s": round(history["train_seconds"], 1),
+                "epochs_run": history["epochs_run"],
+                "best_epoch": history.get("best_epoch"),
+                "stopped_for_time": history.get("stopped_for_time"),
+                "validations": [rounded(v) for v in history.get("validations", [])],
+                "test": {name: rounded(m) for name, m in per_seed[-1].items()},
+            }
+        )
+        logger.info("seed %d: %s", seed, json.dumps(runs[-1]["test"]))
+    results = {name: mean_std([row[name] for row in per_seed]) for name in per_seed[0]}
+    checks = check_expected(summary, spec["benchmark"].get("expected", {}))
+    return {
+        "data": {**summary, "checks": checks},
+        "results": results,
+        "baselines": baselines,
+        "runs": runs,
+        "time_to_target": time_to_target(runs, spec["benchmark"].get("targets", {})),
+    }
+
+
+def time_to_target(runs: list[dict], targets: dict) -> dict:
+    """Per seed, the training seconds at the first validation reaching each target."""
+    out = {}
+    for key, threshold in targets.items():
+        seconds = []
+        for run in runs:
+            hit = [v["seconds"] for v in run["validations"] if v.get(key, -1) >= threshold]
+            seconds.append(round(hit[0], 1) if hit else None)
+        out[f"{key}>={threshold}"] = {"validation_seconds_per_seed": seconds}
+    return out
+
+
+# ---------------------------------------------------------------------------- mind
+
+
+def run_mind(dataset: str, spec: dict, seeds: list[int], work: Path) -> dict:
+    """The impression protocol on the MIND sample, against popularity and random."""
+    from feedrec.evaluation import evaluate_run
+    from feedrec.training import train
+
+    data_dir = prepare_cached(dataset, spec, work)
+    per_seed, runs, baselines = [], [], None
+    for seed in seeds:
+        run_dir = work / f"{spec['benchmark']['name']}-run-{seed}"
+        started = time.perf_counter()
+        history = train(data_dir, run_dir, model_config(spec, seed), overwrite=True, verbose=2)
+        train_wall = time.perf_counter() - started
+        results = evaluate_run(run_dir, data_dir, "test", protocol="impression")
+        model = {k: v for k, v in results["model"].items()}
+        per_seed.append(model)
+        if baselines is None:
+            baselines = {
+                "impression": {
+                    "popularity": rounded(results["popularity"]),
+                    "random": rounded(results["random"]),
+                }
+            }
+        runs.append(
+            {
+                "seed": seed,
+                "train_wall_s": round(train_wall, 1),
+                "best_epoch": history.get("best_epoch"),
+                "test": rounded(model),
+            }
+        )
+    return {
+        "data": data_summary(data_dir),
+        "results": {"impression": mean_std(per_seed)},
+        "baselines": baselines,
+        "runs": runs,
+    }
+
+
+# ---------------------------------------------------------------------------- globo
+
+
+def run_globo(dataset: str, spec: dict, seeds: list[int], work: Path) -> dict:
+    """Transformers4Rec's incremental hourly protocol (see the module docstring)."""
+    data_dir = prepare_cached(dataset, spec, work)
+    log = GloboLog.load(data_dir, spec["model"]["history_length"])
+    incremental = spec["incremental"]
+    per_seed, runs, baselines = [], [], None
+    for seed in seeds:
+        started = time.perf_counter()
+        result = incremental_run(log, spec, seed, incremental, with_baselines=baselines is None)
+        wall = time.perf_counter() - started
+        per_seed.append(result["model"])
+        if baselines is None:
+            baselines = {"full": result["baselines"]}
+        runs.append(
+            {
+                "seed": seed,
+                "wall_s": round(wall, 1),
+                "train_s": round(result["train_s"], 1),
+                "test": rounded(result["model"]),
+                "per_window": result["per_window"],
+            }
+        )
+        logger.info("seed %d: %s", seed, json.dumps(runs[-1]["test"]))
+    return {
+        "data": {**data_summary(data_dir), **log.summary()},
+        "results": {"full": mean_std(per_seed)},
+        "baselines": baselines,
+        "runs": runs,
+    }
+
+
+@dataclasses.dataclass
+class GloboLog:
+    """Every click of the prepared log, with its window and whether it is evaluated."""
+
+    table: Any  # the examples (pyarrow), in click order
+    items: np.ndarray  # clicked item per row
+    times: np.ndarray
+    windows: np.ndarray  # hour index of each click
+    evaluated: np.ndarray  # bool: the last click of a session with >= 2 clicks
+    num_items: int
+    history_length: int
+
+    @classmethod
+    def load(cls, data_dir: Path, history_length: int) -> GloboLog:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        from feedrec.sequential import _clicked_items, click_order
+
+        table = pq.read_table(data_dir / "train.parquet")
+        for split in ("valid", "test"):
+            path = data_dir / f"{split}.parquet"
+            if path.exists() and pq.read_metadata(path).num_rows:
+                table = pa.concat_tables([table, pq.read_table(path)])
+        table = table.take(pa.array(click_order(table))).combine_chunks()
+        items = _clicked_items(table).astype(np.int64)
+        times = table.column("time").to_numpy()
+        start = times.min() // HOUR_MS * HOUR_MS
+        windows = (times - start) // HOUR_MS
+        sessions = pc.dictionary_encode(table.column("session_id").combine_chunks())
+        sessions = sessions.indices.to_numpy()
+        # last click of each session = the session's last row in click order
+        order = np.lexsort((np.arange(len(sessions)), sessions))
+        sorted_sessions = sessions[order]
+        last = np.r_[sorted_sessions[1:] != sorted_sessions[:-1], True]
+        sizes = np.bincount(sessions)
+        evaluated = np.zeros(len(sessions), bool)
+        evaluated[order[last]] = sizes[sorted_sessions[last]] >= 2
+        manifest = json.loads((data_dir / "manifest.json").read_text())
+        return cls(
+            table, items, times, windows, evaluated, int(manifest["num_items"]), history_length
+        )
+
+    def summary(self) -> dict:
+        return {
+            "windows": int(self.windows.max() + 1),
+            "evaluated_sessions": int(self.evaluated.sum()),
+        }
+
+
+def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, with_baselines: bool):
+    """Fine-tune window after window; evaluate each window before training on it."""
+    import keras
+    import pyarrow as pa
+
+    from feedrec.data import batch_from_table
+    from feedrec.evaluation import earlier_items, model_scorer
+    from feedrec.models.recommender import build_model
+    from feedrec.next_item import (
+        FULL,
+        evaluate_next_item,
+        popularity_scorer,
+        random_scorer,
+        recent_popularity_scorer,
+    )
+    from feedrec.sequential import (
+        SequentialConfig,
+        compile_trainer,
+        sequence_dataset,
+        sequences_from_examples,
+    )
+
+    config = model_config(spec, seed)
+    sequential = SequentialConfig.from_dict(spec["sequential"])
+    keras.utils.set_random_seed(seed)
+    model = build_model(config.model, log.num_items, causal=True)
+    epochs = int(incremental.get("epochs_per_window", 1))
+    negative_hours = int(incremental.get("negative_window_hours", 24))
+    recent_ms = int(incremental.get("recent_window_hours", 1)) * HOUR_MS
+    first = int(incremental.get("first_evaluated_window", 1))
+    min_examples = int(incremental.get("min_window_examples", 1))
+    limit = incremental.get("max_windows")
+    trainer = compile_trainer(model, config, sequential, total_steps=1)
+    eval_rows = np.flatnonzero(log.evaluated)
+    eval_table = log.table.take(pa.array(eval_rows))
+    eval_batch = batch_from_table(eval_table, log.history_length, num_candidates=1)
+    click_log = pa.table(
+        {"user_id": log.table.column("user_id"), "time": log.times, "item": log.items}
+    )
+    exclude = earlier_items(click_log, eval_batch)
+    eval_windows = log.windows[eval_rows]
+    counts = np.zeros(log.num_items)
+    last_window = int(log.windows.max())
+    if limit is not None:
+        last_window = min(last_window, first + int(limit) - 1)
+    per_window, train_seconds = [], 0.0
+    baselines: dict[str, list] = {}
+    for window in range(0, last_window + 1):
+        rows = np.flatnonzero(eval_windows == window)
+        if window >= first and len(rows) >= min_examples:
+            scorers = {"model": _subset_scorer(model_scorer(model, eval_batch), rows)}
+            if with_baselines:
+                scorers["popularity"] = popularity_scorer(counts, seed=0)
+                scorers["recent_popularity"] = _subset_scorer(
+                    recent_popularity_scorer(
+                        log.times,
+                        log.items,
+                        log.times[eval_rows],
+                        log.num_items,
+                        window=recent_ms,
+                    ),
+                    rows,
+                )
+                scorers["random"] = random_scorer(log.num_items, seed=window)
+            scored = evaluate_next_item(
+                scorers,
+                eval_batch_targets(eval_batch, rows),
+                [exclude[row] for row in rows],
+                log.num_items,
+                sampled=(),
+                cutoffs=(5, 10, 20),
+            )[FULL]
+            per_window.append({"window": window, "examples": len(rows), **_short(scored["model"])})
+            for name, metrics in scored.items():
+                if name != "model":
+                    baselines.setdefault(name, []).append(metrics)
+        # then learn this window's clicks
+        in_window = np.flatnonzero(log.windows == window)
+        counts += np.bincount(log.items[in_window], minlength=log.num_items)[: log.num_items]
+        if not len(in_window) or window == last_window:
+            continue
+        sequences = sequences_from_examples(
+            log.table.take(pa.array(in_window)),
+            log.history_length,
+            since=int(log.times[in_window].min()),
+        )
+        if sequential.loss == "sampled_softmax":
+            recent = (log.windows > window - negative_hours) & (log.windows <= window)
+            weights = np.bincount(log.items[recent], minlength=log.num_items).astype(float)
+            trainer.set_sampling_weights(weights + 1e-3)
+        started = time.perf_counter()
+        batches = sequence_dataset(
+            sequences, config.train.batch_size, seed * 100_003 + window, sequential.width_multiple
+        )
+        trainer.fit(
+            batches,
+            epochs=epochs,
+            verbose=0,
+            shuffle=False,
+        )
+        train_seconds += time.perf_counter() - started
+        if window % 24 == 0:
+            logger.info("seed %d window %d: %s", seed, window, json.dumps(per_window[-1:] or None))
+    model_metrics = _average_windows([w for w in per_window], weighted=False)
+    result = {
+        "model": model_metrics,
+        "per_window": per_window,
+        "train_s": train_seconds,
+        "baselines": {
+            name: rounded(_average_windows(values, weighted=False))
+            for name, values in baselines.items()
+        },
+    }
+    return result
+
+
+def eval_batch_targets(batch, rows: np.ndarray) -> np.ndarray:
+    from feedrec.evaluation import next_item_targets
+
+    return next_item_targets(batch)[rows]
+
+
+def _subset_scorer(scorer, rows: np.ndarray):
+    """A scorer over a window's examples, given one over all evaluated examples."""
+    return lambda local: scorer(rows[local])
+
+
+def _short(metrics: dict) -> dict:
+    return {k: round(v, 4) for k, v in metrics.items() if "@" in k}
+
+
+def _average_windows(per_window: list[dict], weighted: bool) -> dict:
+    """The mean over windows of each metric (Transformers4Rec averages windows)."""
+    keys = [k for k in per_window[0] if "@" in k]
+    weights = np.array([w["examples"] for w in per_window], float) if weighted else None
+    out = {k: float(np.average([w[k] for w in per_window], weights=weights)) for k in keys}
+    out["windows"] = len(per_window)
+    out["examples"] = int(sum(w["examples"] for w in per_window))
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+RUNNERS = {"ml-1m": run_sequences, "globo-g1": run_globo, "mind": run_mind}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(RUNNERS))
+    parser.add_argument("--config", type=Path, help="default: benchmarks/configs/<dataset>.toml")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override [benchmark] seeds")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/feedrec-quality"))
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/<name>.json")
+    parser.add_argument(
+        "--max-windows", type=int, help="globo-g1: evaluate only this many windows (smoke runs)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    config_path = args.config or CONFIGS / f"{args.dataset}.toml"
+    spec = load_spec(config_path)
+    name = spec["benchmark"].get("name", args.dataset)
+    spec["benchmark"]["name"] = name
+    seeds = args.seeds or list(spec["benchmark"].get("seeds", [0, 1, 2]))
+    if args.max_windows:
+        spec["incremental"]["max_windows"] = args.max_windows
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    state = git_state()
+    meter = LoadMeter()
+    started = time.perf_counter()
+    outcome = RUNNERS[args.dataset](args.dataset, spec, seeds, args.workdir)
+    wall = time.perf_counter() - started
+    argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    report = {
+        "dataset": args.dataset,
+        "name": name,
+        "command": f"python benchmarks/quality.py {argv_text}".strip(),
+        "commit": state["commit"],
+        "uncommitted_code": state["uncommitted_code"],
+        "seeds": seeds,
+        "wall_s": round(wall, 1),
+        "device": device(),
+        "load_average": meter.summary(),
+        "config": {k: v for k, v in spec.items() if v},
+        **outcome,
+    }
+    out = args.out or RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps({"written": str(out), "results": report["results"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
