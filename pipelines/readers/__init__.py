@@ -10,6 +10,9 @@ Each reader turns one log format into the canonical events table
     result.events            # pyarrow.Table, EVENTS columns (+ context columns)
     result.rejections.by_reason
 
+    for batch in readers.read_batches("globo", ["clicks_hour_000-309.zip"]):
+        batch.events             # a bounded part of the log, with its own accounting
+
 Formats: ``mind`` (:mod:`.mind`), ``events`` (generic CSV/TSV/Parquet/JSON
 Lines, :mod:`.events`), ``globo`` (:mod:`.globo`) and ``sequences``
 (SASRec-style ``user item`` lines, :mod:`.sequences`). No reader imports
