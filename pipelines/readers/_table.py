@@ -341,48 +341,66 @@ def read_delimited_pieces(
 ) -> list[Chunk]:
     """``read_delimited`` for several pieces of one layout, as few chunks as possible.
 
-    Pieces that qualify for the fast path and share a header are parsed
-    together in one ``pyarrow.csv`` call (many small files parse much faster
-    that way) into one chunk; the others (or all, if that parse fails) get a
-    chunk each. Every chunk has ``names`` = the pieces' names and ``sources``
-    = piece positions, so rows and problems keep their (piece, line) order.
+    Runs of consecutive pieces that qualify for the fast path and share a
+    header are parsed together in one ``pyarrow.csv`` call (many small files
+    parse much faster that way) into one chunk; the other pieces (or those of
+    a run whose joint parse fails) get a chunk each. Chunks come in piece
+    order, each with ``names`` = the pieces' names and ``sources`` = piece
+    positions, so rows and problems keep their (piece, line) order.
     """
     names = [piece.name for piece in pieces]
     texts = [
         _Text.of(piece, index, delimiter, columns, required, include, quoted)
         for index, piece in enumerate(pieces)
     ]
-    group = [text for text in texts if text.rows is not None]
-    group = [text for text in group if text.columns == group[0].columns]
-    chunks = []
-    if len(group) > 1:
-        body = b"".join(text.terminated_body for text in group)
-        table = _parse_fast(body, group[0], types, sum(text.rows for text in group))
-        if table is not None:
-            rows = np.array([text.rows for text in group], np.int64)
-            first = np.array([text.first_line for text in group], np.int64)
-            lines = np.arange(table.num_rows, dtype=np.int64) + np.repeat(
-                first - np.cumsum(rows) + rows, rows
-            )
-            sources = np.repeat([text.ordinal for text in group], rows)
-            chunk = Chunk(names[0], table, lines, table.num_rows, names=names, sources=sources)
-            chunks.append(_check_header(chunk, group[0]))
-            done = {text.ordinal for text in group}
-            texts = [text for text in texts if text.ordinal not in done]
-    for text in texts:
-        table = None if text.rows is None else _parse_fast(text.body, text, types, text.rows)
-        if table is None:
-            chunk = _parse_blocks(text) if len(text.body) > BLOCK_BYTES else _parse_slow(text)
-        else:
-            lines = np.arange(table.num_rows, dtype=np.int64) + text.first_line
-            chunk = Chunk(text.name, table, lines, table.num_rows)
-        chunk.names = names
-        chunk.sources = np.full(chunk.table.num_rows, text.ordinal, np.int32)
-        chunk.problems = [
-            dataclasses.replace(problem, source=text.ordinal) for problem in chunk.problems
-        ]
-        chunks.append(_check_header(chunk, text))
+    chunks: list[Chunk] = []
+    run: list[_Text] = []
+    for text in [*texts, None]:
+        if (
+            text is not None
+            and text.rows is not None
+            and (not run or text.columns == run[0].columns)
+        ):
+            run.append(text)
+            continue
+        together = _parse_together(run, names, types) if len(run) > 1 else None
+        chunks.extend([together] if together else [_parse_one(t, names, types) for t in run])
+        run = [] if text is None or text.rows is None else [text]
+        if text is not None and text.rows is None:
+            chunks.append(_parse_one(text, names, types))
     return chunks
+
+
+def _parse_together(run: list[_Text], names: list[str], types) -> Chunk | None:
+    """One chunk of several fast-path pieces parsed in one call, or None if that fails."""
+    body = b"".join(text.terminated_body for text in run)
+    table = _parse_fast(body, run[0], types, sum(text.rows for text in run))
+    if table is None:
+        return None
+    rows = np.array([text.rows for text in run], np.int64)
+    first = np.array([text.first_line for text in run], np.int64)
+    lines = np.arange(table.num_rows, dtype=np.int64) + np.repeat(
+        first - np.cumsum(rows) + rows, rows
+    )
+    sources = np.repeat([text.ordinal for text in run], rows)
+    chunk = Chunk(names[0], table, lines, table.num_rows, names=names, sources=sources)
+    return _check_header(chunk, run[0])
+
+
+def _parse_one(text: _Text, names: list[str], types) -> Chunk:
+    """The chunk of one piece: the fast path if it can be trusted, else line by line."""
+    table = None if text.rows is None else _parse_fast(text.body, text, types, text.rows)
+    if table is None:
+        chunk = _parse_blocks(text) if len(text.body) > BLOCK_BYTES else _parse_slow(text)
+    else:
+        lines = np.arange(table.num_rows, dtype=np.int64) + text.first_line
+        chunk = Chunk(text.name, table, lines, table.num_rows)
+    chunk.names = names
+    chunk.sources = np.full(chunk.table.num_rows, text.ordinal, np.int32)
+    chunk.problems = [
+        dataclasses.replace(problem, source=text.ordinal) for problem in chunk.problems
+    ]
+    return _check_header(chunk, text)
 
 
 def header_of(data: bytes, delimiter: str | None, quoted: bool) -> list[str]:

@@ -254,3 +254,23 @@ def test_combine_merges_accounting_and_keeps_the_first_messages():
     assert [record["path"] for record in merged.inputs] == ["2", "3", "1"]
     with pytest.raises(ValueError, match="at least one ReadResult"):
         combine([])
+
+
+def test_pieces_parse_in_runs_that_keep_the_piece_order():
+    from pipelines.readers import _table
+
+    good = b"user_id,item_id\nu1,i1\nu2,i2\n"
+    bad = b"user_id,item_id\nu3,\xff\nu4,i4\n"  # not UTF-8: this piece is walked line by line
+    datas = [good, bad, good, good]
+    pieces = [_table.Piece(name, data) for name, data in zip("abcd", datas, strict=True)]
+
+    chunks = _table.read_delimited_pieces(pieces, delimiter=",", required=["user_id", "item_id"])
+
+    # a | b | c + d: a slow piece ends a run, so rows come out in piece order.
+    assert [sorted(set(chunk.sources.tolist())) for chunk in chunks] == [[0], [1], [2, 3]]
+    sources = np.concatenate([chunk.sources for chunk in chunks])
+    assert sources.tolist() == [0, 0, 1, 2, 2, 3, 3]
+    assert np.concatenate([chunk.lines for chunk in chunks]).tolist() == [2, 3, 3, 2, 3, 2, 3]
+    rejections = Rejections("skip")
+    _table.report(rejections, chunks)
+    assert rejections.examples["not_utf8"][0].startswith("b, line 2")
