@@ -2,15 +2,16 @@
 
 Data flow (each arrow a Spark job or a step on the driver)::
 
-    sources (driver) -> parse in tasks (local reader code) -> _work/parsed (Parquet)
+    sources (driver) -> parse in tasks (local reader code, pyarrow) -> _work/parsed
       -> accounting rows collected (rows_read, rejections; the first error raised)
-      -> per-item aggregates (driver: O(items)): codes, events, first seen
-      -> time cutoffs (exact quantiles) -> units + splits -> training counts
-      -> vocabulary, items.parquet, features/*.parquet, negative sampler (driver)
-      -> examples: histories (window functions), negatives (the local samplers
-         in mapInArrow), candidates, labels -> _work/examples (Parquet, by split)
-      -> per-split counts -> each split sorted by (time, example_key)
-      -> {split}.parquet, manifest.json
+      -> per-item aggregates (driver: O(items)): codes, events, first seen, users
+      -> time histogram -> cutoffs (exact quantiles) -> units + splits
+      -> training counts -> vocabulary (``build_vocabulary``, shared with the
+         local engine), items.parquet, features/*.parquet, negative sampler
+      -> examples: histories with window functions; then, spread by (split, time
+         bucket) and sorted, finished and written in one mapInArrow pass
+         (negatives from the local samplers, lookups, labels; pyarrow runs)
+      -> per-split counts -> runs joined in order -> {split}.parquet, manifest.json
 
 What an example is, and every rule (histories strictly before the example
 time, keys, negatives, splits, vocabulary counts), is the local engine's: see
@@ -161,41 +162,45 @@ class _Job:
 
     # -- reading ----------------------------------------------------------------------
 
-    def read(self) -> DataFrame:
-        """Parse every source into ``_work/parsed``; account for the raw rows."""
+    def read(self) -> tuple[DataFrame, DataFrame | None]:
+        """Parse every source (one Spark job); account for the raw rows; the events and
+        the given histories (MIND), as DataFrames over the files the tasks wrote."""
         options = self.options
         sources = readers.resolve(self.format, self.inputs, self.spark)
-        parsed = readers.parse(
+        accounting = readers.parse(
             self.spark,
             self.format,
             sources,
             on_bad_rows=options.on_bad_rows,
             reader_options=options.reader_options(),
-        )
-        path = self.output.work("parsed")
-        parsed.write.parquet(path)
-        parsed = self.spark.read.schema(readers.PARSED_DDL).parquet(path)
-        small = parsed.where(F.col("kind").isin(readers.STATS_KIND, readers.ITEM_KIND))
-        small = _to_arrow(
-            small.select("kind", "src", "pos", "stats", "item_id", "category", "subcategory")
-        )
-        is_stats = pc.equal(small.column("kind"), readers.STATS_KIND)
-        stats = small.filter(is_stats)
-        by_source = {
-            src: json.loads(text)
-            for src, text in zip(
-                stats.column("src").to_pylist(), stats.column("stats").to_pylist(), strict=True
-            )
-        }
+            out=self.output.work("parsed", spark=False),
+        ).collect()
+        by_source = {row["src"]: json.loads(row["stats"]) for row in accounting}
         self._account(sources, by_source)
-        metadata = small.filter(pc.invert(is_stats)).sort_by(
-            [("src", "ascending"), ("pos", "ascending")]
-        )
-        self.metadata = (
-            metadata.select(["item_id", "category", "subcategory"]) if self.metadata_rows else None
-        )
         self.input_info = readers.fingerprints(self.spark, sources)
-        return parsed
+        files: dict[str, list[str]] = collections.defaultdict(list)
+        for src in sorted(by_source):
+            for kind, path in by_source[src]["files"].items():
+                files[kind].append(path)
+        self.metadata = None
+        if files[readers.ITEMS]:
+            tables = [_read_table(path) for path in files[readers.ITEMS]]
+            metadata = pa.concat_tables(tables).sort_by(
+                [("_src", "ascending"), ("_pos", "ascending")]
+            )
+            self.metadata = metadata.select(["item_id", "category", "subcategory"])
+        events = self._frame(readers.EVENTS, files[readers.EVENTS])
+        given = self._frame(readers.GIVEN, files[readers.GIVEN]) if files[readers.GIVEN] else None
+        return events, given
+
+    def _frame(self, kind: str, paths: list[str]) -> DataFrame:
+        schema = readers.PARSED_SCHEMAS[kind]
+        if not paths:
+            return self.spark.createDataFrame(schema.empty_table())
+        uris = [path if "://" in path else Path(path).as_uri() for path in paths]
+        return self.spark.read.schema(
+            self.spark.createDataFrame(schema.empty_table()).schema
+        ).parquet(*uris)
 
     def _account(self, sources: list[readers.SourceSpec], by_source: dict[int, dict]) -> None:
         """Sum the accounting rows (one per source, or per slice of a reader call's sources)
@@ -231,18 +236,9 @@ class _Job:
     def run(self) -> dict:
         spark, options = self.spark, self.options
         self.bar.stage("read")
-        parsed = self.read()
-        events = parsed.where(F.col("kind") == readers.EVENT_KIND).select(
-            "user_id", "item_id", "time", "label", "impression_id", "session_id",
-            F.col("src").alias("_src"), F.col("pos").alias("_pos"),
-        )  # fmt: skip
+        events, given = self.read()
         if self.format == "sequences":
             events = self._stage(self._positions(events), "events")
-        given = None
-        if self.format == "mind":
-            given = parsed.where(F.col("kind") == readers.GIVEN_KIND).select(
-                "impression_id", "history"
-            )
 
         self.bar.stage("count")
         items, per_item = self._items(events, given)
@@ -657,6 +653,12 @@ def _split_entry() -> dict:
     }
 
 
+def _read_table(path: str) -> pa.Table:
+    """A (small) Parquet file on the driver, from a local path or a URI."""
+    fs, where = filesystem(path)
+    return pq.read_table(where, filesystem=fs)
+
+
 def _to_arrow(frame: DataFrame) -> pa.Table:
     """A (small: per-item) DataFrame as an Arrow table on the driver."""
     if hasattr(frame, "toArrow"):
@@ -700,9 +702,10 @@ class _LocalOutput:
             self.tmp = tmp.resolve()
             yield
 
-    def work(self, name: str) -> str:
-        """Where Spark stages ``name`` (a URI)."""
-        return (self.tmp / "_work" / name).as_uri()
+    def work(self, name: str, *, spark: bool = True) -> str:
+        """Where ``name`` is staged: a URI for Spark, else a local path."""
+        path = self.tmp / "_work" / name
+        return path.as_uri() if spark else str(path)
 
     @property
     def runs(self) -> str:
@@ -764,8 +767,8 @@ class _RemoteOutput:
         elif info.type == pafs.FileType.Directory:
             self.fs.delete_dir(info.path)
 
-    def work(self, name: str) -> str:
-        """Where Spark stages ``name`` (a URI)."""
+    def work(self, name: str, *, spark: bool = True) -> str:
+        """Where ``name`` is staged (a URI)."""
         return f"{self.uri}/_work-{self.run_id}/{name}"
 
     @property

@@ -12,15 +12,17 @@ parsed and processed by Spark and never gathered on the driver:
    through Spark's Hadoop file system (directories, globs, zip archives).
 2. **load + parse** (tasks): local files are opened by the tasks; URIs are
    loaded with Spark's ``binaryFile`` source (zip members extracted in a
-   task). Each source is parsed by the local format code and yields rows of
-   :data:`PARSED_SCHEMA`: events (``kind`` 0), given histories (1, MIND),
-   item metadata (2, MIND ``news.tsv``) and one accounting row (3) with the
-   source's ``rows_read``, rejections by reason, their first examples and
-   the first error.
+   task). A task parses its sources with the local format code -- the text
+   files of one reader call together, as the local reader batches them --
+   and writes what it found with pyarrow (:data:`PARSED_SCHEMAS`: events,
+   MIND's given histories and item metadata) into a work folder. It returns
+   one accounting row: ``rows_read``, rejections by reason, their first
+   examples, the first error, and the files it wrote.
 
-Every row carries ``(src, pos)``: the source's position in the read order and
-the row's position in that source's output. Ordering by them reproduces the
-local engine's row order, which breaks ties between events at the same time.
+Every event carries ``(_src, _pos)``: its source's position in the read
+order and its position in what that task parsed. Ordering by them
+reproduces the local engine's row order, which breaks ties between events at
+the same time.
 """
 
 from __future__ import annotations
@@ -39,37 +41,43 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.readers import _files, _table, events, globo, mind, sequences
 from pipelines.readers.base import BadRowError, Rejections
-from pipelines.schema import EVENTS
+from pipelines.schema import EVENTS as CANONICAL
 
-EVENT_KIND, GIVEN_KIND, ITEM_KIND, STATS_KIND = 0, 1, 2, 3
+EVENTS, GIVEN, ITEMS = "events", "given", "items"
 _STRING_LIST = pa.list_(pa.string())
 
-#: One output row of the parse tasks (a union of the four kinds of rows).
-PARSED_SCHEMA = pa.schema(
-    [
-        ("kind", pa.int8()),
-        ("src", pa.int64()),
-        ("pos", pa.int64()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("time", pa.int64()),
-        ("label", pa.int8()),
-        ("impression_id", pa.string()),
-        ("session_id", pa.string()),
-        ("history", _STRING_LIST),
-        ("category", pa.string()),
-        ("subcategory", pa.string()),
-        ("stats", pa.string()),
-    ]
-)
-PARSED_DDL = (
-    "kind tinyint, src bigint, pos bigint, user_id string, item_id string, time bigint, "
-    "label tinyint, impression_id string, session_id string, history array<string>, "
-    "category string, subcategory string, stats string"
-)
+#: What the parse tasks write, per kind of table: canonical events (with their
+#: place in the read order), given histories (MIND) and item metadata (MIND).
+PARSED_SCHEMAS = {
+    EVENTS: pa.schema(
+        [
+            ("user_id", pa.string()),
+            ("item_id", pa.string()),
+            ("time", pa.int64()),
+            ("label", pa.int8()),
+            ("impression_id", pa.string()),
+            ("session_id", pa.string()),
+            ("_src", pa.int64()),
+            ("_pos", pa.int64()),
+        ]
+    ),
+    GIVEN: pa.schema([("impression_id", pa.string()), ("history", _STRING_LIST)]),
+    ITEMS: pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("category", pa.string()),
+            ("subcategory", pa.string()),
+            ("_src", pa.int64()),
+            ("_pos", pa.int64()),
+        ]
+    ),
+}
+#: The parse tasks' output: one accounting row per source (or slice of a call's sources).
+STATS_DDL = "src bigint, stats string"
 _SOURCE_DDL = (
     "src bigint, grp int, role string, name string, path string, member string, data binary"
 )
@@ -332,8 +340,12 @@ def fingerprints(spark, sources: list[SourceSpec]) -> list[dict]:
     return records
 
 
-def parse(spark, format: str, sources: list[SourceSpec], *, on_bad_rows: str, reader_options):
-    """A DataFrame of :data:`PARSED_SCHEMA` rows: the parsed sources (lazy, nothing runs yet)."""
+def parse(
+    spark, format: str, sources: list[SourceSpec], *, on_bad_rows: str, reader_options, out: str
+):
+    """A DataFrame of :data:`STATS_DDL` rows (lazy): collecting it parses the sources, whose
+    tables the tasks write under ``out`` (a local folder or a URI) with pyarrow; each
+    accounting row lists the files its task wrote (``stats["files"]``)."""
     slots = max(1, min(len(sources), 4 * spark.sparkContext.defaultParallelism))
     rows = [(s.src, s.group, s.role, s.name, s.path, s.member, None) for s in sources if s.path]
     frames = []
@@ -344,8 +356,8 @@ def parse(spark, format: str, sources: list[SourceSpec], *, on_bad_rows: str, re
     if remote:  # loaded by Spark (a task per file), then spread over the tasks
         frames.append(_load_remote(spark, remote).repartition(slots, "src"))
     frame = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
-    task = _ParseTask(format, on_bad_rows, dict(reader_options))
-    return frame.mapInArrow(task, PARSED_DDL)
+    task = _ParseTask(format, on_bad_rows, dict(reader_options), out)
+    return frame.mapInArrow(task, STATS_DDL)
 
 
 def _load_remote(spark, sources: list[SourceSpec]):
@@ -416,6 +428,7 @@ class _ParseTask:
     format: str
     on_bad_rows: str
     reader_options: dict
+    out: str
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         rows = sorted((row for batch in batches for row in batch.to_pylist()), key=_src)
@@ -440,14 +453,42 @@ class _ParseTask:
         stats["by_reason"] = dict(rejections.by_reason)
         stats["examples"] = {key: list(shown) for key, shown in rejections.examples.items()}
         src_of = {row["name"]: row["src"] for row in rows}
+        first = rows[0]["src"]
+        stats["files"] = {}
         for kind, table in out:
-            if kind == EVENT_KIND and len(rows) > 1:
-                names = table.column("source_file").to_pylist()
-                srcs = pa.array([src_of[name] for name in names], pa.int64())
-                yield from _union_batches(kind, srcs, table)
-            else:
-                yield from _union_batches(kind, rows[0]["src"], table)
-        yield _union_batches.stats(rows[0]["src"], json.dumps(stats))
+            if kind == EVENTS:
+                if len(rows) > 1:
+                    names = table.column("source_file").to_pylist()
+                    src = pa.array([src_of[name] for name in names], pa.int64())
+                else:
+                    src = pa.array(np.full(table.num_rows, first, np.int64))
+                table = table.append_column("_src", src)
+            elif kind == ITEMS:
+                table = table.append_column("_src", pa.array(np.full(table.num_rows, first)))
+            if kind != GIVEN:
+                positions = np.arange(table.num_rows, dtype=np.int64)
+                table = table.append_column("_pos", pa.array(positions))
+            stats["files"][kind] = self._write(kind, first, table)
+        yield pa.RecordBatch.from_pydict(
+            {"src": [first], "stats": [json.dumps(stats)]},
+            schema=pa.schema([("src", pa.int64()), ("stats", pa.string())]),
+        )
+
+    def _write(self, kind: str, first: int, table: pa.Table) -> str:
+        """Write one table of the parsed rows; its path (unique to the task attempt)."""
+        from pyspark import TaskContext
+
+        from pipelines.spark.writer import filesystem
+
+        context = TaskContext.get()
+        attempt = f"a{context.attemptNumber()}-{context.taskAttemptId()}" if context else "local"
+        fs, root = filesystem(self.out)
+        folder = f"{root}/{kind}"
+        fs.create_dir(folder, recursive=True)
+        path = f"{folder}/part-{first:06d}-{attempt}.parquet"
+        schema = PARSED_SCHEMAS[kind]
+        pq.write_table(table.select(schema.names).cast(schema), path, filesystem=fs)
+        return path if "://" not in self.out else f"{self.out}/{kind}/{path.rsplit('/', 1)[1]}"
 
     def _parse(self, sources, role, rejections, stats) -> list[tuple[int, pa.Table]]:
         if self.format == "mind":
@@ -465,13 +506,15 @@ class _ParseTask:
             rows = table.num_rows
             return [
                 (
-                    EVENT_KIND,
+                    EVENTS,
                     pa.table(
                         {
                             "user_id": table.column("user_id"),
                             "item_id": table.column("item_id"),
                             "time": pa.array(np.zeros(rows, np.int64)),  # set by position later
                             "label": pa.array(np.ones(rows, np.int8)),
+                            "impression_id": pa.nulls(rows, pa.string()),
+                            "session_id": pa.nulls(rows, pa.string()),
                         }
                     ),
                 )
@@ -481,8 +524,8 @@ class _ParseTask:
         for chunk in events._chunks(sources, spec, "auto", None):
             stats["rows_read"] += chunk.rows_read
             tables.append(events._to_events(chunk, spec, rejections))
-        columns = [f.name for f in EVENTS][:6] + ["source_file"]
-        return [(EVENT_KIND, pa.concat_tables([t.select(columns) for t in tables]))]
+        columns = CANONICAL.names[:6] + ["source_file"]
+        return [(EVENTS, pa.concat_tables([t.select(columns) for t in tables]))]
 
 
 def _src(row: dict) -> int:
@@ -507,7 +550,7 @@ def _parse_mind(source, role, rejections, stats) -> list[tuple[int, pa.Table]]:
             item_by_reason=dict(item_rejections.by_reason),
             items=items.num_rows,
         )
-        return [(ITEM_KIND, items.select(["item_id", "category", "subcategory"]))]
+        return [(ITEMS, items.select(["item_id", "category", "subcategory"]))]
     chunk = _table.read_delimited(
         source.name, source.read_bytes(), delimiter="\t", columns=mind.BEHAVIORS_COLUMNS
     )
@@ -517,35 +560,8 @@ def _parse_mind(source, role, rejections, stats) -> list[tuple[int, pa.Table]]:
     chunk.table = chunk.table.append_column("milliseconds", pa.array(milliseconds, pa.int64()))
     table, lines = chunk.finish(rejections)
     found, given = mind._events(table, lines, source.name)
-    columns = [f.name for f in EVENTS][:6]
-    return [(EVENT_KIND, found.select(columns)), (GIVEN_KIND, given)]
-
-
-class _UnionBatches:
-    """Record batches of :data:`PARSED_SCHEMA` (columns a kind lacks are null)."""
-
-    def __call__(self, kind: int, src: int | pa.Array, table: pa.Table) -> Iterator[pa.RecordBatch]:
-        rows = table.num_rows
-        columns = {
-            "kind": pa.array(np.full(rows, kind, np.int8)),
-            "src": src if isinstance(src, pa.Array) else pa.array(np.full(rows, src, np.int64)),
-            "pos": pa.array(np.arange(rows, dtype=np.int64)),
-        }
-        for field in PARSED_SCHEMA:
-            if field.name in table.column_names:
-                columns[field.name] = table.column(field.name).cast(field.type)
-        full = pa.table(
-            {f.name: columns.get(f.name, pa.nulls(rows, f.type)) for f in PARSED_SCHEMA},
-            schema=PARSED_SCHEMA,
-        )
-        yield from full.to_batches(max_chunksize=65_536)
-
-    def stats(self, src: int, text: str) -> pa.RecordBatch:
-        table = pa.table({"stats": pa.array([text], pa.string())})
-        return next(self(STATS_KIND, src, table))
-
-
-_union_batches = _UnionBatches()
+    columns = CANONICAL.names[:6]
+    return [(EVENTS, found.select(columns)), (GIVEN, given)]
 
 
 # --------------------------------------------------------------------------- errors
