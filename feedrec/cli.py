@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="split to evaluate (default: test)")
     evaluate.add_argument("--json", type=Path, metavar="FILE", help="also write the metrics here")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the baselines' tie-breaking")
+    evaluate.add_argument(
+        "--protocol",
+        choices=("auto", "impression", "next_item"),
+        default="auto",
+        help="auto (default): impression logs -> impression, click logs/sequences -> next_item",
+    )
 
     export = sub.add_parser("export", help="export a run as a TF Serving SavedModel")
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -172,8 +178,11 @@ def _prepare(args) -> int:
 
 def _train(args) -> int:
     from feedrec.config import load_config
+    from feedrec.sequential import train_from_cli
     from feedrec.training import train
 
+    if train_from_cli(args):  # the config has a [sequential] table: the next-item objective
+        return 0
     config = load_config(
         args.config,
         {
@@ -203,7 +212,9 @@ def _evaluate(args) -> int:
     from feedrec.evaluation import evaluate_run, format_table
     from feedrec.runs import write_json
 
-    results = evaluate_run(args.run_dir, args.data_dir, args.split, seed=args.seed)
+    results = evaluate_run(
+        args.run_dir, args.data_dir, args.split, seed=args.seed, protocol=args.protocol
+    )
     print(f"{args.split}: {results['examples']} examples")
     print(format_table(results))
     if args.json:

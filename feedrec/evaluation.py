@@ -265,6 +265,7 @@ def evaluate_next_item_batch(
 ) -> dict[str, dict[str, dict]]:
     """Next-item metrics of the model and the baselines on one split, per protocol."""
     from feedrec.next_item import (
+        FIRST_ITEM_INDEX,
         evaluate_next_item,
         popularity_scorer,
         random_scorer,
@@ -291,12 +292,31 @@ def evaluate_next_item_batch(
             seed=seed,
         )
     scorers["random"] = random_scorer(num_items, seed)
+    targets = next_item_targets(batch)
+    exclude = earlier_items(log, batch)
+    # a sampled protocol needs K items outside every row's target and history
+    seen = [
+        np.count_nonzero(np.union1d(items, [target]) >= FIRST_ITEM_INDEX)
+        for items, target in zip(exclude, targets, strict=True)
+    ]
+    drawable = num_items - FIRST_ITEM_INDEX - max(seen, default=0)
+    kept = []
+    for mode, k in sampled:
+        if k > drawable:
+            logger.warning(
+                "protocol sampled_%s_%d skipped: a user has only %d items to draw from",
+                mode,
+                k,
+                drawable,
+            )
+        else:
+            kept.append((mode, k))
     return evaluate_next_item(
         scorers,
-        next_item_targets(batch),
-        earlier_items(log, batch),
+        targets,
+        exclude,
         num_items,
-        sampled=sampled,
+        sampled=kept,
         item_counts=counts,
         seed=seed,
         chunk_size=chunk_size,

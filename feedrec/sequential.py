@@ -828,6 +828,73 @@ def train_sequential(
     return history
 
 
+#: Sections of a benchmark config that ``feedrec train`` ignores.
+BENCHMARK_SECTIONS = ("benchmark", "prepare", "evaluation", "incremental")
+
+
+def load_sequential_config(
+    path: str | Path, overrides: dict[str, dict[str, Any]] | None = None
+) -> tuple[Config, SequentialConfig] | None:
+    """Read a TOML/JSON config with a ``[sequential]`` table; None if it has none.
+
+    ``[model]`` and ``[train]`` become a :class:`feedrec.config.Config` (with
+    ``overrides``, e.g. CLI flags; None values are ignored), ``[sequential]`` a
+    :class:`SequentialConfig`; the benchmark-only tables (``BENCHMARK_SECTIONS``)
+    are ignored, so ``benchmarks/configs/ml-1m.toml`` works with ``feedrec train``.
+    """
+    import json
+    import tomllib
+
+    path = Path(path)
+    if path.suffix.lower() not in (".toml", ".json") or not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    if "sequential" not in data:
+        return None
+    sequential = SequentialConfig.from_dict(data.pop("sequential"), f"{path}: [sequential]")
+    for name in BENCHMARK_SECTIONS:
+        data.pop(name, None)
+    for section, values in (overrides or {}).items():
+        data[section] = {
+            **data.get(section, {}),
+            **{k: v for k, v in values.items() if v is not None},
+        }
+    return Config.from_dict(data, source=str(path)), sequential
+
+
+def train_from_cli(args) -> bool:
+    """``feedrec train`` with a config that has a ``[sequential]`` table.
+
+    Returns False (nothing done) when ``args.config`` has none, so the caller
+    trains the usual way.
+    """
+    overrides = {
+        "train": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "learning_rate": args.learning_rate,
+            "seed": args.seed,
+        },
+        "model": {"history_length": args.history_length, "pooling": args.pooling},
+    }
+    loaded = load_sequential_config(args.config, overrides) if args.config else None
+    if loaded is None:
+        return False
+    config, sequential = loaded
+    history = train_sequential(
+        args.data_dir, args.out, config, sequential, overwrite=args.overwrite
+    )
+    best = history.get("best_epoch")
+    if best:
+        metric = sequential.validation_metric
+        value = next(v[metric] for v in history["validations"] if v["epoch"] == best)
+        print(f"best epoch {best}: validation {metric} {value:.4f}; run written to {args.out}")
+    else:
+        print(f"run written to {args.out}")
+    return True
+
+
 def _TimeBudget(seconds: float):  # noqa: N802
     import keras
 

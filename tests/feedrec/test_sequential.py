@@ -295,3 +295,28 @@ def test_earlier_items_hold_the_whole_history_not_only_the_last_l(data_dir):
     assert all(len(items) == 9 for items in seen)  # 10 distinct clicks, the target excluded
     targets = batch.candidates[:, 0]
     assert not any(target in items for target, items in zip(targets, seen, strict=True))
+
+
+def test_cli_trains_with_a_sequential_table_and_evaluates_next_item(data_dir, tmp_path, capsys):
+    from feedrec.cli import main
+
+    config = tmp_path / "seq.toml"
+    config.write_text(
+        "[benchmark]\nname = 'ignored'\n"
+        "[model]\nhistory_length = 6\nembedding_dim = 8\nnum_heads = 2\nfeed_forward_dim = 16\n"
+        "pooling = 'last'\nitem_features = []\n"
+        "[train]\nbatch_size = 20\n"
+        "[sequential]\nvalidate_every = 1\n"
+    )
+    run = tmp_path / "run"
+    argv = ["train", str(data_dir), "--out", str(run), "--config", str(config), "--epochs", "1"]
+    assert main(argv) == 0
+    assert "best epoch 1: validation ndcg@10" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 1
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(run), str(data_dir), "--json", str(out)]) == 0
+    assert "protocol full" in capsys.readouterr().out
+    written = json.loads(out.read_text())
+    assert written["protocol"] == "next_item"
+    # 30 items: too few for 100 negatives, so only the full protocol is computed
+    assert set(written["protocols"]) == {FULL}
