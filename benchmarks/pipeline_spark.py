@@ -39,9 +39,7 @@ engine, source, out, cores, memory = sys.argv[1:6]
 options = PrepareOptions(engine=engine)
 if engine == "spark":
     from pipelines.spark import local_session, prepare as prepare_on_spark
-    spark = local_session(
-        cores=int(cores), driver_memory=memory, config={"spark.sql.codegen.wholeStage": "false"}
-    )
+    spark = local_session(cores=int(cores), driver_memory=memory)
     prepare_on_spark("globo", [source], out, options=options, spark=spark)
     spark.stop()
 else:

@@ -129,9 +129,9 @@ def prepare(
         if local and not Path(path).exists() and not any(c in path for c in "*?["):
             raise FileNotFoundError(f"input not found: {path}")
     readers.check_reader_options(format, options.reader_options())
+    output = _output_for(out_dir, overwrite=options.overwrite)
     spark = spark or local_session()
     bar = _Progress(progress)
-    output = _output_for(out_dir, overwrite=options.overwrite)
     try:
         with output.open():
             manifest = _Job(spark, format, inputs, options, output, bar).run()
@@ -299,7 +299,7 @@ class _Job:
 
         self.bar.stage("merge")
         for code, split in enumerate(SPLITS):
-            self.output.assemble(split, runs[code])
+            self.output.assemble(split, runs[code], options.chunk_size)
 
         self.bar.stage("manifest")
         return self._manifest(split_stats)
@@ -720,12 +720,23 @@ class _LocalOutput:
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path)
 
-    def assemble(self, split: str, runs: list[str]) -> None:
-        """Join a split's runs, in order, into the one file ``{split}.parquet``."""
+    def assemble(self, split: str, runs: list[str], row_group: int) -> None:
+        """Join a split's runs, in order, into the one file ``{split}.parquet``, in row
+        groups of ``row_group`` rows (the local engine writes ``chunk_size`` at a time)."""
+        pending: list[pa.RecordBatch] = []
+        held = 0
         with pq.ParquetWriter(self.tmp / f"{split}.parquet", EXAMPLES, **PARQUET_OPTIONS) as out:
             for run in runs:
                 for batch in pq.ParquetFile(run).iter_batches(batch_size=65_536):
-                    out.write_batch(batch)
+                    pending.append(batch)
+                    held += batch.num_rows
+                    if held >= row_group:
+                        table = pa.Table.from_batches(pending)
+                        full = held - held % row_group
+                        out.write_table(table.slice(0, full), row_group_size=row_group)
+                        pending, held = table.slice(full).to_batches(), held - full
+            if held:
+                out.write_table(pa.Table.from_batches(pending, EXAMPLES))
 
     def write_manifest(self, manifest: dict) -> None:
         write_json(self.tmp / "manifest.json", manifest)
@@ -790,7 +801,7 @@ class _RemoteOutput:
         pq.write_table(table, buffer)
         self.write_bytes(name, buffer.getvalue())
 
-    def assemble(self, split: str, runs: list[str]) -> None:
+    def assemble(self, split: str, runs: list[str], row_group: int) -> None:
         """Move a split's runs into ``{split}.parquet/``, named in order (an empty split
         gets one empty part, so that the directory reads as an empty table)."""
         folder = f"{self.root}/{split}.parquet"

@@ -68,6 +68,8 @@ _RESULT_SCHEMA = pa.schema(
     ]
 )
 _INT_LIST = pa.list_(pa.int32())
+#: Rows per row group of a run (Spark hands a task batches of 10,000 rows).
+ROW_GROUP = 65_536
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -108,6 +110,7 @@ class ExampleWriter:
         task = f"p{context.partitionId():05d}-a{context.attemptNumber()}" if context else "local"
         fs, root = filesystem(self.runs)
         writer, current, path = None, None, None
+        pending: list[pa.Table] = []  # rows of the current run not written yet
         counts: dict[str, int] = {}
         users: dict[int, list[pa.Array]] = {}
         dropped: dict[int, int] = {}
@@ -121,6 +124,7 @@ class ExampleWriter:
                     table, unseen = self.finish(rows)
                     if key != current:
                         if writer is not None:
+                            _flush(writer, pending)
                             writer.close()
                             yield _result(RUN, *current, path=path, **counts)
                         current = key
@@ -128,12 +132,17 @@ class ExampleWriter:
                         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
                         writer = pq.ParquetWriter(path, EXAMPLES, filesystem=fs, **PARQUET_OPTIONS)
                         counts = {"rows": 0, "history_oov": 0, "candidate_oov": 0}
-                    writer.write_table(table)
+                        pending = []
+                    pending.append(table)
+                    if sum(t.num_rows for t in pending) >= ROW_GROUP:
+                        writer.write_table(pa.concat_tables(pending))
+                        pending = []
                     counts["rows"] += table.num_rows
                     counts["history_oov"] += unseen[0]
                     counts["candidate_oov"] += unseen[1]
                     users.setdefault(split, []).append(pc.unique(table.column("user_id")))
             if writer is not None:
+                _flush(writer, pending)
                 writer.close()
                 writer = None
                 yield _result(RUN, *current, path=path, **counts)
@@ -229,6 +238,12 @@ class ExampleWriter:
     def _unseen(self, lists: pa.Array) -> int:
         values = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
         return int(((values == OOV_INDEX) | (values >= self.num_id_items)).sum())
+
+
+def _flush(writer: pq.ParquetWriter, pending: list[pa.Table]) -> None:
+    if pending:
+        writer.write_table(pa.concat_tables(pending))
+    pending.clear()
 
 
 def _runs(batch: pa.RecordBatch) -> Iterator[tuple[tuple[int, int], pa.RecordBatch]]:

@@ -73,6 +73,9 @@ def assert_same_output(local: Path, distributed: Path) -> dict:
         assert received.equals(expected), f"{split}: tables differ"
         by_key = received.sort_by("example_key")
         assert by_key.equals(expected.sort_by("example_key"))
+        assert row_groups(distributed / f"{split}.parquet") == row_groups(
+            local / f"{split}.parquet"
+        )
     assert load_items(distributed).equals(load_items(local))
     for path in sorted((local / "features").glob("*.parquet")):
         assert pq.read_table(distributed / "features" / path.name).equals(pq.read_table(path))
@@ -83,6 +86,12 @@ def assert_same_output(local: Path, distributed: Path) -> dict:
             assert manifest.get(key) == expected_manifest.get(key), key
     assert manifest["rows_read"] == manifest["rows_used"] + manifest["rows_rejected"]
     return manifest
+
+
+def row_groups(path: Path) -> list[int]:
+    """The row counts of a Parquet file's row groups (training reads them in a seeded order)."""
+    metadata = pq.ParquetFile(path).metadata
+    return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
 
 
 # --------------------------------------------------------------------------- hand-built logs
@@ -129,7 +138,7 @@ def test_click_log_through_the_cli(spark, tmp_path, capsys):
         "--time-col", "ts", "--event-col", "action", "--time-unit", "ms",
         "--on-bad-rows", "skip", "--split-mode", "leave-last-out", "--history-length", "3",
         "--negatives", "3", "--min-history", "1", "--negative-sampling", "popularity",
-        "--seed", "7", "--no-progress",
+        "--seed", "7", "--chunk-size", "40", "--no-progress",
     ]  # fmt: skip
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -141,6 +150,10 @@ def test_click_log_through_the_cli(spark, tmp_path, capsys):
     assert manifest["rows_rejected"] > 0 and manifest["splits"]["train"]["dropped_min_history"] > 0
     train = load_split(tmp_path / "spark", "train")
     assert max(train.column("history_length").to_pylist()) == 3
+    assert row_groups(tmp_path / "spark" / "train.parquet")[:2] == [40, 40]
+    from pipelines.spark import local_session
+
+    assert local_session() is spark  # the CLI ran on the active session
 
 
 def test_click_log_with_time_splits_window_and_item_filter(spark, tmp_path):
