@@ -108,3 +108,21 @@ def test_cli_without_pyspark(monkeypatch, tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("feedrec prepare: error: the Spark engine needs PySpark")
     assert 'pip install "feedrec[spark]"' in error
+
+
+def test_existing_output_is_refused_before_spark_starts(monkeypatch, tmp_path):
+    pytest.importorskip("pyspark", reason="PySpark is not installed")
+    from pipelines.spark import engine
+
+    def no_session(**_):
+        raise AssertionError("Spark should not start for a refused destination")
+
+    monkeypatch.setattr(engine, "local_session", no_session)
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,timestamp\nu1,i1,1000\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier work")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        engine.prepare("events", [log], out)
+    assert (out / "keep.txt").read_text() == "earlier work"
