@@ -170,7 +170,10 @@ def prepare_cached(dataset: str, spec: dict, work: Path) -> Path:
         raise FileNotFoundError(f"real data absent: {missing} (expected ../shared/data)")
     options = PrepareOptions(**spec["prepare"], overwrite=True)
     out = work / f"{dataset}-data"
-    wanted = {k: v for k, v in dataclasses.asdict(options).items() if k != "overwrite"}
+    # options left None are resolved by prepare (e.g. split_mode): not compared
+    wanted = {
+        k: v for k, v in dataclasses.asdict(options).items() if k != "overwrite" and v is not None
+    }
     manifest_path = out / "manifest.json"
     if manifest_path.exists():
         saved = json.loads(manifest_path.read_text())["parameters"]
@@ -341,14 +344,22 @@ def run_globo(dataset: str, spec: dict, seeds: list[int], work: Path) -> dict:
     data_dir = prepare_cached(dataset, spec, work)
     log = GloboLog.load(data_dir, spec["model"]["history_length"])
     incremental = spec["incremental"]
-    per_seed, runs, baselines = [], [], None
+    per_seed, fused, runs, baselines = [], [], [], None
     for seed in seeds:
         started = time.perf_counter()
         result = incremental_run(log, spec, seed, incremental, with_baselines=baselines is None)
         wall = time.perf_counter() - started
         per_seed.append(result["model"])
+        if "model+recency" in result:
+            fused.append(result["model+recency"])
         if baselines is None:
-            baselines = {"full": result["baselines"]}
+            baselines = {
+                "full": {
+                    name: result[name]
+                    for name in ("popularity", "recent_popularity", "random")
+                    if name in result
+                }
+            }
         runs.append(
             {
                 "seed": seed,
@@ -359,9 +370,13 @@ def run_globo(dataset: str, spec: dict, seeds: list[int], work: Path) -> dict:
             }
         )
         logger.info("seed %d: %s", seed, json.dumps(runs[-1]["test"]))
+    results = {"full": mean_std(per_seed)}
+    if fused:
+        # the model's logit plus a fitted recency prior (see incremental_run), labelled apart
+        results["full/model+recency"] = mean_std(fused)
     return {
         "data": {**data_summary(data_dir), **log.summary()},
-        "results": {"full": mean_std(per_seed)},
+        "results": results,
         "baselines": baselines,
         "runs": runs,
     }
@@ -419,18 +434,27 @@ class GloboLog:
 
 
 def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, with_baselines: bool):
-    """Fine-tune window after window; evaluate each window before training on it."""
+    """Fine-tune window after window; evaluate each window before training on it.
+
+    Scorers per window (all on the same examples, full catalogue, history
+    excluded): ``model``; with ``[incremental] recency_prior``,
+    ``model+recency`` = model logit + beta * log(1 + the item's clicks in the
+    hour before the example), beta picked from ``prior_grid`` on the previous
+    evaluated window (past data only); with ``with_baselines``, popularity
+    (clicks before the window), recent popularity (clicks in the hour before
+    the example) and random.
+    """
     import keras
     import pyarrow as pa
 
     from feedrec.data import batch_from_table
     from feedrec.evaluation import earlier_items, model_scorer
+    from feedrec.metrics import break_ties
     from feedrec.models.recommender import build_model
     from feedrec.next_item import (
-        FULL,
-        evaluate_next_item,
-        popularity_scorer,
-        random_scorer,
+        exclusion_mask,
+        full_ranks,
+        ranking_metrics,
         recent_popularity_scorer,
     )
     from feedrec.sequential import (
@@ -449,51 +473,75 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     recent_ms = int(incremental.get("recent_window_hours", 1)) * HOUR_MS
     first = int(incremental.get("first_evaluated_window", 1))
     min_examples = int(incremental.get("min_window_examples", 1))
+    prior = bool(incremental.get("recency_prior", False))
+    grid = [float(b) for b in incremental.get("prior_grid", [0.25, 0.5, 1.0, 2.0, 4.0])]
     limit = incremental.get("max_windows")
     trainer = compile_trainer(model, config, sequential, total_steps=1)
     eval_rows = np.flatnonzero(log.evaluated)
-    eval_table = log.table.take(pa.array(eval_rows))
-    eval_batch = batch_from_table(eval_table, log.history_length, num_candidates=1)
+    eval_batch = batch_from_table(
+        log.table.take(pa.array(eval_rows)), log.history_length, num_candidates=1
+    )
+    targets = eval_batch_targets(eval_batch, np.arange(len(eval_rows)))
     click_log = pa.table(
         {"user_id": log.table.column("user_id"), "time": log.times, "item": log.items}
     )
     exclude = earlier_items(click_log, eval_batch)
     eval_windows = log.windows[eval_rows]
+    recent_counts = recent_popularity_scorer(
+        log.times, log.items, log.times[eval_rows], log.num_items, window=recent_ms
+    )
     counts = np.zeros(log.num_items)
     last_window = int(log.windows.max())
     if limit is not None:
         last_window = min(last_window, first + int(limit) - 1)
-    per_window, train_seconds = [], 0.0
-    baselines: dict[str, list] = {}
+    per_window, train_seconds, beta = [], 0.0, grid[len(grid) // 2]
+    names = ["model"] + (["model+recency"] if prior else [])
+    if with_baselines:
+        names += ["popularity", "recent_popularity", "random"]
     for window in range(0, last_window + 1):
         rows = np.flatnonzero(eval_windows == window)
         if window >= first and len(rows) >= min_examples:
-            scorers = {"model": _subset_scorer(model_scorer(model, eval_batch), rows)}
-            if with_baselines:
-                scorers["popularity"] = popularity_scorer(counts, seed=0)
-                scorers["recent_popularity"] = _subset_scorer(
-                    recent_popularity_scorer(
-                        log.times,
-                        log.items,
-                        log.times[eval_rows],
-                        log.num_items,
-                        window=recent_ms,
-                    ),
-                    rows,
-                )
-                scorers["random"] = random_scorer(log.num_items, seed=window)
-            scored = evaluate_next_item(
-                scorers,
-                eval_batch_targets(eval_batch, rows),
-                [exclude[row] for row in rows],
-                log.num_items,
-                sampled=(),
-                cutoffs=(5, 10, 20),
-            )[FULL]
-            per_window.append({"window": window, "examples": len(rows), **_short(scored["model"])})
-            for name, metrics in scored.items():
-                if name != "model":
-                    baselines.setdefault(name, []).append(metrics)
+            score_model = model_scorer(model, eval_batch)
+            popular = break_ties(counts, seed=0)
+            rng = np.random.default_rng([seed, window])
+            ranks = {name: [] for name in names}
+            grid_ranks = {b: [] for b in grid}
+            for start in range(0, len(rows), 1024):
+                chunk = rows[start : start + 1024]
+                chunk_targets = targets[chunk]
+                excluded = exclusion_mask(exclude, log.num_items, chunk)
+                model_scores = score_model(chunk)
+                ranks["model"].append(full_ranks(model_scores, chunk_targets, excluded))
+                if prior or with_baselines:
+                    recent = recent_counts(chunk)
+                if prior:
+                    log_recent = np.log1p(np.floor(recent)).astype(np.float32)
+                    fused = model_scores + beta * log_recent
+                    ranks["model+recency"].append(full_ranks(fused, chunk_targets, excluded))
+                    for b in grid:
+                        fused = model_scores + b * log_recent
+                        grid_ranks[b].append(full_ranks(fused, chunk_targets, excluded))
+                if with_baselines:
+                    baseline_scores = {
+                        "popularity": np.broadcast_to(popular, model_scores.shape),
+                        "recent_popularity": recent,
+                        "random": rng.random(model_scores.shape),
+                    }
+                    for name, scores in baseline_scores.items():
+                        ranks[name].append(full_ranks(scores, chunk_targets, excluded))
+            record = {"window": window, "examples": len(rows)}
+            for name in names:
+                metrics = ranking_metrics(np.concatenate(ranks[name]), (5, 10, 20))
+                prefix = "" if name == "model" else f"{name}/"
+                record.update({f"{prefix}{k}": round(v, 4) for k, v in metrics.items() if "@" in k})
+            if prior:
+                record["beta"] = beta
+                by_beta = {
+                    b: ranking_metrics(np.concatenate(r), (20,))["ndcg@20"]
+                    for b, r in grid_ranks.items()
+                }
+                beta = max(by_beta, key=by_beta.get)  # for the next window
+            per_window.append(record)
         # then learn this window's clicks
         in_window = np.flatnonzero(log.windows == window)
         counts += np.bincount(log.items[in_window], minlength=log.num_items)[: log.num_items]
@@ -505,33 +553,21 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             since=int(log.times[in_window].min()),
         )
         if sequential.loss == "sampled_softmax":
-            recent = (log.windows > window - negative_hours) & (log.windows <= window)
-            weights = np.bincount(log.items[recent], minlength=log.num_items).astype(float)
+            recent_clicks = (log.windows > window - negative_hours) & (log.windows <= window)
+            weights = np.bincount(log.items[recent_clicks], minlength=log.num_items).astype(float)
             trainer.set_sampling_weights(weights + 1e-3)
         started = time.perf_counter()
         batches = sequence_dataset(
             sequences, config.train.batch_size, seed * 100_003 + window, sequential.width_multiple
         )
-        trainer.fit(
-            batches,
-            epochs=epochs,
-            verbose=0,
-            shuffle=False,
-        )
+        trainer.fit(batches, epochs=epochs, verbose=0, shuffle=False)
         train_seconds += time.perf_counter() - started
         if window % 24 == 0:
             logger.info("seed %d window %d: %s", seed, window, json.dumps(per_window[-1:] or None))
-    model_metrics = _average_windows([w for w in per_window], weighted=False)
-    result = {
-        "model": model_metrics,
-        "per_window": per_window,
-        "train_s": train_seconds,
-        "baselines": {
-            name: rounded(_average_windows(values, weighted=False))
-            for name, values in baselines.items()
-        },
-    }
-    return result
+    return {
+        name: rounded(_average_windows(per_window, "" if name == "model" else f"{name}/"))
+        for name in names
+    } | {"per_window": per_window, "train_s": train_seconds}
 
 
 def eval_batch_targets(batch, rows: np.ndarray) -> np.ndarray:
@@ -549,11 +585,11 @@ def _short(metrics: dict) -> dict:
     return {k: round(v, 4) for k, v in metrics.items() if "@" in k}
 
 
-def _average_windows(per_window: list[dict], weighted: bool) -> dict:
+def _average_windows(per_window: list[dict], prefix: str = "") -> dict:
     """The mean over windows of each metric (Transformers4Rec averages windows)."""
-    keys = [k for k in per_window[0] if "@" in k]
-    weights = np.array([w["examples"] for w in per_window], float) if weighted else None
-    out = {k: float(np.average([w[k] for w in per_window], weights=weights)) for k in keys}
+    keys = [k for k in per_window[0] if k.startswith(prefix) and "@" in k[len(prefix) :]]
+    keys = [k for k in keys if "/" not in k[len(prefix) :]]
+    out = {k[len(prefix) :]: float(np.mean([w[k] for w in per_window])) for k in keys}
     out["windows"] = len(per_window)
     out["examples"] = int(sum(w["examples"] for w in per_window))
     return out

@@ -444,7 +444,9 @@ def _as_list(value):
 
 
 def _check_scores(scores, targets) -> tuple[np.ndarray, np.ndarray]:
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)  # float32 scores are compared as they are
     targets = np.asarray(targets, dtype=np.int64)
     if scores.ndim != 2 or targets.shape != (len(scores),):
         raise ValueError(
