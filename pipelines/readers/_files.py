@@ -12,7 +12,8 @@ This module is the only place that touches the file system for the readers:
 * ``fingerprint`` gives the ``{"path", "bytes", "sha256"}`` records of the
   physical files read (an archive counts once);
 * ``read_blocks`` streams sources as blocks of whole lines, so that a large
-  file (or zip member, gzipped or not) is never held in memory at once.
+  file (or zip member, gzipped or not) is never held in memory at once;
+  ``seekable`` gives formats that seek (Parquet) a file to read in parts.
 
 Nothing here unpickles anything; readers only parse text, JSON and Parquet.
 """
@@ -27,6 +28,7 @@ import glob
 import gzip
 import hashlib
 import re
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -247,6 +249,27 @@ def _stream(source: Source, block_bytes: int) -> Iterator[Block]:
                 index += 1
             previous = data, min(0.999, position / max(size, 1))  # gzip reads ahead: not 1
         yield Block(source, previous[0], index, True, 1.0)
+
+
+def seekable(source: Source, stack: contextlib.ExitStack):
+    """A seekable binary file of ``source``'s content (gunzipped), closed with ``stack``.
+
+    A plain file on disk is opened as it is; the content of a gzip file or a
+    zip member is first copied, a megabyte at a time, into a temporary file
+    (bounded memory, for formats such as Parquet that seek).
+    """
+    if source.member is None:
+        raw = stack.enter_context(source.path.open("rb"))
+        if not (source.basename.lower().endswith(".gz") or raw.peek(2)[:2] == GZIP_MAGIC):
+            return raw
+        raw.close()
+    local = stack.enter_context(tempfile.TemporaryFile())
+    with contextlib.ExitStack() as reading:
+        _, stream, _ = _open(source, reading)
+        while data := _read(source.name, stream, 1 << 20):
+            local.write(data)
+    local.seek(0)
+    return local
 
 
 def _open(source: Source, stack: contextlib.ExitStack):

@@ -31,7 +31,7 @@ import csv
 import dataclasses
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -105,6 +105,8 @@ class Chunk:
         self.rows_read = rows_read
         self.problems = list(problems or [])
         self.bad = np.zeros(table.num_rows, dtype=bool)
+        #: JSON Lines only: the keys some line gives a non-null value (else None).
+        self.columns_found: list[str] | None = None
 
     def column(self, name: str) -> pa.Array:
         """A column as one contiguous array."""
@@ -641,6 +643,7 @@ def read_jsonl(
     required: Sequence[str],
     include: Sequence[str],
     native: Sequence[str] = (),
+    first_line: int = 1,
 ) -> Chunk:
     """Parse JSON Lines (one object per line) into a chunk.
 
@@ -651,15 +654,29 @@ def read_jsonl(
     object is rejected as ``bad_json``; a value of the wrong JSON type
     (``true``, an object, a list, a fraction where an id is expected) as
     ``bad_value``.
+
+    ``data`` may be one block of whole lines of a larger stream, whose first
+    line is line ``first_line`` of the stream: line numbers then continue
+    from it, and the chunk's ``columns_found`` (the keys some line gives a
+    non-null value) lets the caller check ``required`` over the whole stream
+    (pass ``required=()`` here).
     """
-    data = strip_bom(data)
+    if first_line == 1:
+        data = strip_bom(data)
     parsed = _jsonl_fast(data, include, native)
     if parsed is None:
         parsed = _jsonl_slow(data, include, native)
     table, lines, found, problems = parsed
     if table.num_rows or found:
         _missing_columns(name, required, found)
-    return Chunk(name, table, lines, len(lines) + len(problems), problems)
+    if first_line != 1:
+        lines = lines + (first_line - 1)
+        problems = [
+            dataclasses.replace(problem, line=problem.line + first_line - 1) for problem in problems
+        ]
+    chunk = Chunk(name, table, lines, len(lines) + len(problems), problems)
+    chunk.columns_found = list(found)
+    return chunk
 
 
 def _jsonl_fast(data, include, native):
@@ -786,19 +803,90 @@ def read_parquet(
 
     Columns not in ``native`` must be strings or integers and become strings.
     """
+    file = _parquet_file(name, pa.BufferReader(data))
+    present = _parquet_columns(name, file, required, include)
+    table = file.read(columns=present)
+    return parquet_chunk(name, table, include=include, native=native)
+
+
+def parquet_batches(
+    name: str,
+    source,
+    *,
+    required: Sequence[str],
+    include: Sequence[str] | None,
+    batch_bytes: int,
+) -> Iterator[tuple[pa.Table, int, float]]:
+    """Stream a Parquet file in batches of about ``batch_bytes`` (uncompressed).
+
+    Args:
+        name: display name, for messages.
+        source: a seekable binary file (or a path) holding the Parquet file.
+        required: columns that must be present (else ``ValueError``, before
+            the first batch).
+        include: columns to read (those absent are left out: see
+            :func:`parquet_chunk`); ``None`` reads them all.
+        batch_bytes: about how many bytes of decoded columns a batch holds
+            (at least one row).
+
+    Returns:
+        An iterator of ``(table, first_row, done)``: the rows, the 1-based
+        row number of the first one, and the fraction of the file's rows read
+        once they are. A file without rows gives one empty table.
+    """
+    file = _parquet_file(name, source)
+    present = _parquet_columns(name, file, required, include)
+    metadata = file.metadata
+    rows = metadata.num_rows
+    if rows == 0:
+        yield file.schema_arrow.empty_table().select(present), 1, 1.0
+        return
+    stored = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
+    share = len(present) / max(1, metadata.num_columns)
+    per_row = max(1.0, stored * share / rows)
+    batch_rows = max(1, int(batch_bytes / per_row))
+    first = 1
+    for batch in file.iter_batches(batch_size=batch_rows, columns=present):
+        table = pa.Table.from_batches([batch])
+        yield table, first, min(1.0, (first - 1 + table.num_rows) / rows)
+        first += table.num_rows
+
+
+def _parquet_file(name: str, source) -> pq.ParquetFile:
     try:
-        schema = pq.read_schema(pa.BufferReader(data))
+        return pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"{name}: not a readable Parquet file ({err})") from err
-    _missing_columns(name, required, schema.names)
-    present = [column for column in include if column in schema.names]
-    table = pq.read_table(pa.BufferReader(data), columns=present)
+
+
+def _parquet_columns(
+    name: str, file: pq.ParquetFile, required: Sequence[str], include: Sequence[str] | None
+) -> list[str]:
+    """The ``include`` columns (all if None) the file has, after checking the ``required`` ones."""
+    names = file.schema_arrow.names
+    _missing_columns(name, required, names)
+    return list(names) if include is None else [c for c in include if c in names]
+
+
+def parquet_chunk(
+    name: str,
+    table: pa.Table,
+    *,
+    include: Sequence[str],
+    native: Sequence[str] = (),
+    first_row: int = 1,
+) -> Chunk:
+    """The chunk of Parquet rows ``first_row, first_row + 1, ...`` (their "lines").
+
+    ``include`` columns absent from ``table`` are null strings; columns not in
+    ``native`` must be strings or integers and become strings.
+    """
     arrays = {}
     for column in include:
-        if column not in present:
+        if column not in table.column_names:
             arrays[column] = pa.nulls(table.num_rows, pa.string())
             continue
-        values = table.column(column).combine_chunks()
+        values = contiguous(table.column(column))
         if pa.types.is_dictionary(values.type):
             values = values.dictionary_decode()
         if column not in native:
@@ -814,5 +902,5 @@ def read_parquet(
                 )
             values = pc.cast(values, pa.string())
         arrays[column] = values
-    lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    lines = np.arange(first_row, first_row + table.num_rows, dtype=np.int64)
     return Chunk(name, pa.table(arrays), lines, table.num_rows)

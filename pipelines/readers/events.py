@@ -24,8 +24,9 @@ session ids are null. Line numbers in messages and ``source_line`` are
 Parquet.
 
 :func:`read_batches` gives the same rows a batch at a time (bounded memory:
-consecutive small files parsed together, a large text file -- plain, gzipped
-or in a zip -- in blocks of lines; JSON Lines and Parquet files whole).
+consecutive small files parsed together, a large text or JSON Lines file --
+plain, gzipped or in a zip -- in blocks of lines, a large Parquet file in
+batches of rows).
 
 Rows are rejected (``BadRowError``, or counted with ``on_bad_rows="skip"``) as
 ``wrong_field_count``, ``not_utf8``, ``repeated_header`` (a copy of the header
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import types
@@ -233,7 +235,10 @@ def read_batches(
         batch_bytes: int. Text is parsed in batches of about this many bytes:
             consecutive small files together, a larger file in blocks of whole
             lines read from disk (or from its zip member, gzipped or not) as
-            they are needed. JSON Lines and Parquet files are read whole.
+            they are needed; a larger Parquet file in batches of rows of about
+            this many decoded bytes (a gzipped one or a zip member is first
+            copied to a temporary file). A JSON Lines file read in several
+            blocks has its columns checked once its last block is read.
             Defaults to ``BATCH_BYTES``.
         workers: int. Batches parsed at once, in threads. Defaults to 2.
 
@@ -333,21 +338,46 @@ def read_source_batches(
 
 @dataclasses.dataclass
 class _Task:
-    """A batch to parse: consecutive blocks of one kind (text), or one Parquet / JSONL file."""
+    """A batch to parse: consecutive blocks of text, a block of JSON Lines, or Parquet rows.
+
+    Attributes:
+        kind: ``"csv"``, ``"tsv"``, ``"jsonl"`` or ``"parquet"``.
+        blocks: the text pieces; one piece for JSON Lines and Parquet (for
+            streamed Parquet rows, its ``data`` is empty and ``first_line``
+            is the first row's number).
+        bytes: the text bytes in ``blocks``.
+        progress: fraction of the inputs' stored bytes consumed once it is read.
+        rows: streamed Parquet rows, or ``None``.
+        part: for JSON Lines, whether the piece is one of several blocks of
+            its source (its required columns are then checked over the whole
+            source, see :func:`_batches`); ``last`` marks the source's last one.
+    """
 
     kind: str
     blocks: list[_table.Piece]
     bytes: int = 0
     progress: float = 1.0
+    rows: pa.Table | None = None
+    part: bool = False
+    last: bool = True
 
 
 def _batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
     sizes = _files.sizes(sources)
-    tasks = _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes)
+    tasks = _tasks(
+        sources, file_format, delimiter, batch_bytes, workers, sizes, columns=spec.columns
+    )
     parse = functools.partial(_parse_task, spec=spec, delimiter=delimiter, on_bad_rows=on_bad_rows)
     rows_read, held = 0, None
-    for result in _ordered_map(parse, tasks, workers):
+    found: set[str] | None = None  # the keys seen so far in a JSON Lines source read in blocks
+    for result, task, seen in _ordered_map(parse, tasks, workers):
         rows_read += result.rows_read
+        if task.part:
+            found = (found or set()) | set(seen) if seen is not None else found
+            if task.last:
+                if found is not None:
+                    _table._missing_columns(task.blocks[0].name, spec.columns, sorted(found))
+                found = None
         if held is not None:
             yield held
         held = result
@@ -387,42 +417,53 @@ def _ordered_map(function, items: Iterator, workers: int) -> Iterator:
             items.close()
 
 
-def _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes=None) -> Iterator[_Task]:
+def _tasks(
+    sources, file_format, delimiter, batch_bytes, workers, sizes=None, columns=None
+) -> Iterator[_Task]:
     """Group the blocks of the sources into parse tasks, in order.
 
     With ``sizes`` (one ``_files.Size`` per source), each task has its
-    ``progress``; without, every source is read whole. An error reading or
-    sniffing a source surfaces after the tasks of the sources before it.
+    ``progress``, and a large source is streamed: text in blocks of lines,
+    Parquet in batches of rows; without, every source is read whole. An error
+    reading or sniffing a source surfaces after the tasks of the sources
+    before it. ``columns`` are the columns of streamed Parquet to read (and
+    require); ``None`` reads them all.
     """
-    unsplittable = set()
+    unsplittable, row_streamed = set(), set()
     for index, source in enumerate(sources):
         hint = _kind_hint(source, file_format)
         content = sizes[index].content if sizes else None
-        if hint is None and sizes and (content is None or content > batch_bytes):
+        large = bool(sizes) and (content is None or content > batch_bytes)
+        if hint is None and large:
             try:
                 hint = detect_format(source, _files.head(source, 1 << 16), file_format)
             except (ValueError, OSError):  # read whole: the error comes in its turn
                 hint = None
-        if sizes is None or hint not in ("csv", "tsv"):
+        if sizes is None or hint not in ("csv", "tsv", "jsonl"):
             unsplittable.add(index)
+        if hint == "parquet" and large and source.streamable:
+            row_streamed.add(index)
     stored = np.array([size.stored for size in sizes] if sizes else [0] * len(sources), float)
     before = np.concatenate([[0.0], np.cumsum(stored)])
     total = max(before[-1], 1.0)
     position = {id(source): index for index, source in enumerate(sources)}
     task = None
     kind, line, header = None, 1, None
-    blocks = _files.read_blocks(
+    parts = _parts(
         sources,
-        block_bytes=batch_bytes,
+        row_streamed,
+        batch_bytes=batch_bytes,
         whole=lambda source: position[id(source)] in unsplittable,
         workers=workers,
-        known_sizes=sizes,
+        sizes=sizes,
+        columns=columns,
     )
     while True:
         try:
-            block = next(blocks)
+            block = next(parts)
             if block.index == 0:
-                kind = detect_format(block.source, block.data, file_format)
+                data = block.data if block.rows is None else _files.head(block.source, 4)
+                kind = detect_format(block.source, data, file_format)
                 line, header = 1, None
         except StopIteration:
             break
@@ -438,7 +479,17 @@ def _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes=None) ->
             yield task
             task = None
         if kind in ("parquet", "jsonl"):
-            yield _Task(kind, [piece], len(block.data), progress if sizes else 1.0)
+            part = not (block.index == 0 and block.last)
+            yield _Task(
+                kind,
+                [piece],
+                len(block.data),
+                progress if sizes else 1.0,
+                rows=block.rows,
+                part=part,
+                last=block.last,
+            )
+            line += block.data.count(b"\n") if block.rows is None else block.rows.num_rows
             continue
         if task is None:
             task = _Task(kind, [])
@@ -455,6 +506,63 @@ def _tasks(sources, file_format, delimiter, batch_bytes, workers, sizes=None) ->
         yield task
 
 
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """A ``_files.Block`` of text, or (``rows`` set, ``data`` empty) a batch of Parquet rows."""
+
+    source: _files.Source
+    data: bytes
+    index: int
+    last: bool
+    done: float
+    rows: pa.Table | None = None
+
+
+def _parts(
+    sources, row_streamed, *, batch_bytes, whole, workers, sizes, columns
+) -> Iterator[_Part]:
+    """The blocks of the sources in order; those in ``row_streamed`` (Parquet) as rows."""
+    run: list[int] = []
+
+    def blocks() -> Iterator[_Part]:
+        found = _files.read_blocks(
+            [sources[i] for i in run],
+            block_bytes=batch_bytes,
+            whole=whole,
+            workers=workers,
+            known_sizes=[sizes[i] for i in run] if sizes else None,
+        )
+        for block in found:
+            yield _Part(block.source, block.data, block.index, block.last, block.done)
+
+    for index, source in enumerate(sources):
+        if index not in row_streamed:
+            run.append(index)
+            continue
+        if run:
+            yield from blocks()
+            run = []
+        yield from _parquet_parts(source, batch_bytes, columns)
+    if run:
+        yield from blocks()
+
+
+def _parquet_parts(source: _files.Source, batch_bytes: int, columns) -> Iterator[_Part]:
+    """A Parquet source as batches of about ``batch_bytes`` of its ``columns`` (all if None)."""
+    with contextlib.ExitStack() as stack:
+        file = _files.seekable(source, stack)
+        batches = _table.parquet_batches(
+            source.name, file, required=columns or (), include=columns, batch_bytes=batch_bytes
+        )
+        previous, index = None, 0
+        for table, _, done in batches:
+            if previous is not None:
+                yield _Part(source, b"", index, False, min(previous[1], 0.999), previous[0])
+                index += 1
+            previous = table, done
+        yield _Part(source, b"", index, True, 1.0, previous[0])
+
+
 def _kind_hint(source: _files.Source, file_format: str) -> str | None:
     """The format of a source known without reading it: by ``file_format`` or suffix."""
     if file_format != "auto":
@@ -466,32 +574,58 @@ def _delimiter(kind: str, delimiter: str | None) -> str:
     return delimiter or ("\t" if kind == "tsv" else ",")
 
 
-def _parse_task(task: _Task, *, spec, delimiter, on_bad_rows) -> ReadResult:
-    """Parse one task into canonical events, with its accounting."""
+def _parse_task(task: _Task, *, spec, delimiter, on_bad_rows) -> tuple[ReadResult, _Task, list]:
+    """Parse one task into canonical events, with its accounting.
+
+    Returns the result, the task, and for a JSON Lines block with rows or
+    keys the keys it gives values (else ``None``).
+    """
     rejections = Rejections(on_bad_rows)
     chunks = _task_chunks(task, spec, delimiter)
+    seen = chunks[0].columns_found
+    if seen is not None and not (seen or chunks[0].table.num_rows):
+        seen = None
     events = _to_events_many(chunks, spec, rejections)
-    return ReadResult(
+    result = ReadResult(
         events=events,
         rows_read=sum(chunk.rows_read for chunk in chunks),
         rejections=rejections,
         progress=task.progress,
     )
+    return result, task, seen
 
 
 def _task_chunks(task: _Task, spec: EventColumns, delimiter) -> list[_table.Chunk]:
-    if task.kind in ("parquet", "jsonl"):
+    if task.kind == "jsonl":
         (piece,) = task.blocks
-        parse = _table.read_parquet if task.kind == "parquet" else _table.read_jsonl
-        return [
-            parse(
+        chunk = _table.read_jsonl(
+            piece.name,
+            piece.data,
+            required=() if task.part else spec.columns,
+            include=spec.columns,
+            native=spec.native,
+            first_line=piece.first_line,
+        )
+        return [chunk]
+    if task.kind == "parquet":
+        (piece,) = task.blocks
+        if task.rows is not None:
+            chunk = _table.parquet_chunk(
+                piece.name,
+                task.rows,
+                include=spec.columns,
+                native=spec.native,
+                first_row=piece.first_line,
+            )
+        else:
+            chunk = _table.read_parquet(
                 piece.name,
                 piece.data,
                 required=spec.columns,
                 include=spec.columns,
                 native=spec.native,
             )
-        ]
+        return [chunk]
     return _table.read_delimited_pieces(
         task.blocks,
         delimiter=_delimiter(task.kind, delimiter),
