@@ -51,6 +51,8 @@ class ModelConfig:
         feature_combiner: ``sum`` or ``concat`` (concat is projected back to
             ``embedding_dim``).
         loss: ``softmax`` (clicked item against its negatives) or ``binary``.
+        norm_first: pre-norm Transformer blocks plus a final LayerNorm
+            (SASRec's layout) instead of post-norm blocks.
     """
 
     history_length: int = 50
@@ -63,6 +65,7 @@ class ModelConfig:
     item_features: tuple[str, ...] = ("category", "subcategory")
     feature_combiner: str = "sum"
     loss: str = "softmax"
+    norm_first: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(self, "history_length", "embedding_dim", "num_heads", "feed_forward_dim")
@@ -80,6 +83,10 @@ class ModelConfig:
         _check_choice(self, "pooling", POOLING_MODES)
         _check_choice(self, "loss", LOSSES)
         _check_choice(self, "feature_combiner", FEATURE_COMBINERS)
+        if not isinstance(self.norm_first, bool):
+            raise ValueError(
+                f"`norm_first` should be a bool. Received: norm_first={self.norm_first!r}"
+            )
         object.__setattr__(self, "item_features", tuple(self.item_features))
 
 

@@ -1,4 +1,4 @@
-"""A post-norm Transformer encoder block over a masked click history."""
+"""A Transformer encoder block (post-norm or pre-norm) over a masked click history."""
 
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from feedrec.layers.masking import apply_mask
 class TransformerBlock(keras.layers.Layer):
     """Masked multi-head self-attention, then a position-wise feed-forward net.
 
-    ``x -> LayerNorm(x + Dropout(SelfAttention(x)))
-    -> LayerNorm(. + Dropout(FeedForward(.)))``, then the outputs at padded
-    positions are set to exactly 0.
+    Post-norm (the default, BERT's layout): ``x -> LayerNorm(x +
+    Dropout(SelfAttention(x))) -> LayerNorm(. + Dropout(FeedForward(.)))``.
+    Pre-norm (``norm_first=True``, SASRec's layout): ``x -> x +
+    Dropout(SelfAttention(LayerNorm(x))) -> . + Dropout(FeedForward(
+    LayerNorm(.)))``; the residual stream is not normalised, so a stack of
+    pre-norm blocks should end with a LayerNorm (``UserEncoder`` adds it).
+    Either way the outputs at padded positions are then set to exactly 0.
 
     Masking: ``mask`` ``(batch, history_len)`` is boolean, ``True`` = a real
     click (``tf.sequence_mask(history_length, L)``). It is used as both query
@@ -33,6 +37,7 @@ class TransformerBlock(keras.layers.Layer):
         causal: bool. Position ``i`` attends only to clicks ``j <= i`` (for
             training on every position). Defaults to False.
         activation: str. Feed-forward activation. Defaults to ``"gelu"``.
+        norm_first: bool. Pre-norm instead of post-norm. Defaults to False.
         layer_norm_epsilon: float. Defaults to ``1e-6``.
         kernel_initializer: str or initializer. Defaults to ``"glorot_uniform"``.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
@@ -67,12 +72,16 @@ class TransformerBlock(keras.layers.Layer):
         activation: str = "gelu",
         layer_norm_epsilon: float = 1e-6,
         kernel_initializer="glorot_uniform",
+        norm_first: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         check_positive_int("feed_forward_dim", feed_forward_dim)
         check_rate("dropout", dropout)
+        if not isinstance(norm_first, bool):
+            raise ValueError(f"`norm_first` should be a bool. Received: norm_first={norm_first!r}")
+        self.norm_first = norm_first
         self.num_heads = num_heads
         self.feed_forward_dim = feed_forward_dim
         self.dropout = dropout
@@ -122,18 +131,24 @@ class TransformerBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, mask=None, training=None, return_attention_scores: bool = False):
+        attention_input = self._attention_norm(inputs) if self.norm_first else inputs
         attended, weights = self._attention(
-            inputs,
-            inputs,
+            attention_input,
+            attention_input,
             query_mask=mask,
             value_mask=mask,
             use_causal_mask=self.causal,
             return_attention_scores=True,
             training=training,
         )
-        x = self._attention_norm(inputs + self._dropout_layer(attended, training=training))
-        feed_forward = self._projection(self._hidden(x))
-        x = self._feed_forward_norm(x + self._dropout_layer(feed_forward, training=training))
+        x = inputs + self._dropout_layer(attended, training=training)
+        if self.norm_first:
+            feed_forward = self._projection(self._hidden(self._feed_forward_norm(x)))
+            x = x + self._dropout_layer(feed_forward, training=training)
+        else:
+            x = self._attention_norm(x)
+            feed_forward = self._projection(self._hidden(x))
+            x = self._feed_forward_norm(x + self._dropout_layer(feed_forward, training=training))
         x = apply_mask(x, mask)
         if return_attention_scores:
             return x, weights
@@ -153,6 +168,7 @@ class TransformerBlock(keras.layers.Layer):
                 "activation": self.activation,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "norm_first": self.norm_first,
             }
         )
         return config

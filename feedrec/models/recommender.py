@@ -257,6 +257,7 @@ def build_model(
         dropout=model_config.dropout,
         pooling=model_config.pooling,
         causal=causal,
+        norm_first=model_config.norm_first,
         name="user_encoder",
     )
     model = FeedRecModel(item_encoder, user_encoder, name="feedrec")

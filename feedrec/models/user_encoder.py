@@ -54,6 +54,10 @@ class UserEncoder(keras.layers.Layer):
         causal: bool. Causal self-attention (position ``i`` sees ``j <= i``).
             Defaults to False.
         use_position_embedding: bool. Defaults to True.
+        norm_first: bool. Pre-norm blocks (SASRec's layout) followed by a
+            final LayerNorm, instead of post-norm blocks. Pre-norm trains
+            deeper stacks at higher learning rates without a warm-up.
+            Defaults to False.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -89,6 +93,7 @@ class UserEncoder(keras.layers.Layer):
         pooling: str = "attention",
         causal: bool = False,
         use_position_embedding: bool = True,
+        norm_first: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -110,6 +115,9 @@ class UserEncoder(keras.layers.Layer):
         self.pooling = pooling
         self.causal = causal
         self.use_position_embedding = use_position_embedding
+        if not isinstance(norm_first, bool):
+            raise ValueError(f"`norm_first` should be a bool. Received: norm_first={norm_first!r}")
+        self.norm_first = norm_first
         common = {"dtype": self.dtype_policy}
         # Sublayers are created here so that argument errors surface at once.
         self.position_embedding = (
@@ -123,11 +131,17 @@ class UserEncoder(keras.layers.Layer):
                 feed_forward_dim=feed_forward_dim,
                 dropout=dropout,
                 causal=causal,
+                norm_first=norm_first,
                 name=f"transformer_block_{index}",
                 **common,
             )
             for index in range(num_layers)
         ]
+        self.output_norm = (
+            keras.layers.LayerNormalization(epsilon=1e-6, name="output_norm", **common)
+            if norm_first and num_layers
+            else None
+        )
         self.pooling_layer = POOLING_LAYERS[pooling](name=f"{pooling}_pooling", **common)
         self._dropout_layer = keras.layers.Dropout(dropout, **common)
 
@@ -136,6 +150,8 @@ class UserEncoder(keras.layers.Layer):
             self.position_embedding.build(history_embeddings_shape)
         for block in self.blocks:
             block.build(history_embeddings_shape)
+        if self.output_norm is not None:
+            self.output_norm.build(history_embeddings_shape)
         self.pooling_layer.build(history_embeddings_shape)
         self.built = True
 
@@ -168,6 +184,8 @@ class UserEncoder(keras.layers.Layer):
         for block in self.blocks:
             x, weights = block(x, mask=mask, training=training, return_attention_scores=True)
             attention.append(weights)
+        if self.output_norm is not None:
+            x = apply_mask(self.output_norm(x), mask)
         return {"sequence": x, "attention": attention, "mask": mask}
 
     def call(self, history_embeddings, history_length, training=None, return_attention=False):
@@ -200,6 +218,7 @@ class UserEncoder(keras.layers.Layer):
                 "pooling": self.pooling,
                 "causal": self.causal,
                 "use_position_embedding": self.use_position_embedding,
+                "norm_first": self.norm_first,
             }
         )
         return config

@@ -101,16 +101,43 @@ def test_causal_mask_hides_later_positions(inputs):
     assert not np.allclose(after[:, 3:], before[:, 3:])
 
 
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
-def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training):
+def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training, norm_first):
     mask = lengths_mask(LENGTHS, LENGTH)
-    block = TransformerBlock(HEADS, feed_forward_dim=16, dropout=0.0, causal=causal)
+    block = TransformerBlock(
+        HEADS, feed_forward_dim=16, dropout=0.0, causal=causal, norm_first=norm_first
+    )
     clean = block(inputs, mask=mask, training=training).numpy()
     noisy = block(_garbage(inputs, mask), mask=mask, training=training).numpy()
     np.testing.assert_allclose(noisy, clean, atol=1e-6)
     assert np.all(clean[~mask] == 0.0)
     assert np.any(clean[mask] != 0.0)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
+def test_block_matches_its_layers_composed_by_hand(inputs, lengths_mask, norm_first):
+    # The block equals its own sublayers composed by the textbook formulas.
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(HEADS, feed_forward_dim=16, norm_first=norm_first)
+    out = block(inputs, mask=mask).numpy()
+    attention, norm1, norm2 = block._attention, block._attention_norm, block._feed_forward_norm
+
+    def attend(x):
+        return attention(x, x, query_mask=mask, value_mask=mask)
+
+    def feed_forward(x):
+        return block._projection(block._hidden(x))
+
+    if norm_first:
+        x = inputs + attend(norm1(inputs))
+        x = x + feed_forward(norm2(x))
+    else:
+        x = norm1(inputs + attend(inputs))
+        x = norm2(x + feed_forward(x))
+    expected = np.where(mask[..., None], np.asarray(x), 0.0)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
 def test_block_with_dropout_keeps_padding_exact(inputs, lengths_mask):
@@ -173,10 +200,17 @@ def test_attention_round_trip(inputs, lengths_mask, run_layer_test, tmp_path):
     )
 
 
-@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
-def test_block_round_trip(inputs, lengths_mask, run_layer_test, tmp_path, causal):
+@pytest.mark.parametrize(("causal", "norm_first"), [(False, False), (True, False), (True, True)])
+def test_block_round_trip(inputs, lengths_mask, run_layer_test, tmp_path, causal, norm_first):
     mask = lengths_mask(LENGTHS, LENGTH)
-    block = TransformerBlock(HEADS, feed_forward_dim=16, dropout=0.1, causal=causal, name="block")
+    block = TransformerBlock(
+        HEADS,
+        feed_forward_dim=16,
+        dropout=0.1,
+        causal=causal,
+        norm_first=norm_first,
+        name="block",
+    )
     run_layer_test(block, (inputs,), {"mask": mask}, tmp_path)
 
 
@@ -199,6 +233,7 @@ def test_attention_argument_checks(kwargs, match):
         ({"num_heads": -1, "feed_forward_dim": 4}, "num_heads=-1"),
         ({"num_heads": 2, "feed_forward_dim": 0}, "feed_forward_dim=0"),
         ({"num_heads": 2, "feed_forward_dim": 4, "dropout": -0.1}, "dropout=-0.1"),
+        ({"num_heads": 2, "feed_forward_dim": 4, "norm_first": "yes"}, "norm_first='yes'"),
     ],
 )
 def test_block_argument_checks(kwargs, match):

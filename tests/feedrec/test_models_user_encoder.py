@@ -24,9 +24,15 @@ def _with_garbage(vectors, mask):
 @pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
 @pytest.mark.parametrize("num_layers", [0, 1, 2], ids=lambda n: f"{n}_layers")
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
-def test_padded_slots_change_nothing(lengths_mask, pooling, num_layers, training):
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
+def test_padded_slots_change_nothing(lengths_mask, pooling, num_layers, training, norm_first):
     encoder = UserEncoder(
-        LENGTH, num_heads=2, num_layers=num_layers, feed_forward_dim=16, pooling=pooling
+        LENGTH,
+        num_heads=2,
+        num_layers=num_layers,
+        feed_forward_dim=16,
+        pooling=pooling,
+        norm_first=norm_first,
     )
     vectors = _vectors()
     mask = lengths_mask(LENGTHS, LENGTH)
@@ -96,6 +102,7 @@ def test_mask_comes_from_lengths_not_values():
         ({"num_layers": -1}, "num_layers=-1"),
         ({"pooling": "max"}, "pooling='max'"),
         ({"dropout": 2.0}, "dropout=2.0"),
+        ({"norm_first": 1}, "norm_first=1"),
     ],
 )
 def test_argument_checks(kwargs, match):
@@ -109,3 +116,23 @@ def test_round_trip(run_layer_test, tmp_path, pooling):
         LENGTH, num_heads=2, num_layers=1, feed_forward_dim=16, pooling=pooling, name="users"
     )
     run_layer_test(encoder, (_vectors(), LENGTHS), {}, tmp_path)
+
+
+def test_pre_norm_round_trip_keeps_the_output_norm(run_layer_test, tmp_path):
+    encoder = UserEncoder(
+        LENGTH, num_heads=2, num_layers=2, feed_forward_dim=16, pooling="last", norm_first=True
+    )
+    run_layer_test(encoder, (_vectors(), LENGTHS), {}, tmp_path)
+    assert any("output_norm" in weight.path for weight in encoder.weights)
+
+
+def test_pre_norm_sequence_is_normalised_at_real_positions(lengths_mask):
+    # The final LayerNorm (unit gain, zero bias at init) gives each real position
+    # zero mean and unit variance; padded positions stay exactly 0.
+    encoder = UserEncoder(LENGTH, num_heads=2, num_layers=1, feed_forward_dim=16, norm_first=True)
+    sequence = encoder.encode_sequence(_vectors(), LENGTHS)["sequence"].numpy()
+    mask = lengths_mask(LENGTHS, LENGTH)
+    real = sequence[mask]
+    np.testing.assert_allclose(real.mean(axis=-1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(real.std(axis=-1), 1.0, atol=1e-3)
+    assert np.all(sequence[~mask] == 0.0)
