@@ -170,8 +170,22 @@ class ServingModule(tf.Module):
 
     def lookup(self, ids):
         """Raw ids ``(...)`` -> int32 indices: ``""`` -> padding, unknown -> OOV."""
-        index = tf.cast(self.item_table.lookup(ids), tf.int32)
-        return tf.where(tf.equal(ids, ""), tf.constant(PADDING_INDEX, tf.int32), index)
+        return self._indices(*self._find(ids))
+
+    def _find(self, ids):
+        """The string ops of :meth:`lookup`: the table's int64 index and each id's length.
+
+        ``tf.strings.length(ids) == 0`` marks padding; it is cheaper than
+        comparing strings, and leaves only numeric work for :meth:`_indices`
+        (compiled with the rest when ``jit_compile``).
+        """
+        return self.item_table.lookup(ids), tf.strings.length(ids)
+
+    @staticmethod
+    def _indices(found, length):
+        """Int32 indices from :meth:`_find`'s table indices and id lengths."""
+        padding = tf.constant(PADDING_INDEX, tf.int32)
+        return tf.where(tf.equal(length, 0), padding, tf.cast(found, tf.int32))
 
     def truncate(self, history):
         """History indices ``(batch, history_len)`` -> ``(indices, lengths)``.
@@ -206,13 +220,13 @@ class ServingModule(tf.Module):
         """``fn``, compiled with XLA when ``jit_compile`` (built while tracing, not tracked)."""
         return tf.function(fn, jit_compile=True, autograph=False) if self.jit_compile else fn
 
-    def _user_vectors(self, history):
-        indices, lengths = self.truncate(history)
+    def _user_vectors(self, history, history_length):
+        indices, lengths = self.truncate(self._indices(history, history_length))
         return self._encode_user(tf.gather(self.item_vectors, indices), lengths)
 
-    def _scores(self, history, candidates):
-        user = self._user_vectors(history)
-        items = tf.gather(self.item_vectors, candidates)
+    def _scores(self, history, history_length, candidates, candidates_length):
+        user = self._user_vectors(history, history_length)
+        items = tf.gather(self.item_vectors, self._indices(candidates, candidates_length))
         return tf.cast(tf.einsum("bd,bcd->bc", user, items), tf.float32)
 
     @tf.function(
@@ -230,14 +244,14 @@ class ServingModule(tf.Module):
             message="`history` and `candidates` should have the same batch size",
         )
         with tf.control_dependencies([check]):
-            history = self.lookup(history)
-        scores = self._numeric(self._scores)(history, self.lookup(candidates))
+            history = self._find(history)
+        scores = self._numeric(self._scores)(*history, *self._find(candidates))
         return {"scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
     def user_embedding(self, history):
         history = _ensure_shape(history, [None, None], "history")
-        vectors = self._numeric(self._user_vectors)(self.lookup(history))
+        vectors = self._numeric(self._user_vectors)(*self._find(history))
         return {"user_embedding": tf.cast(vectors, tf.float32)}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="items")])
