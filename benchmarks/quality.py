@@ -452,7 +452,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     from feedrec.metrics import break_ties
     from feedrec.models.recommender import build_model
     from feedrec.next_item import (
-        exclusion_mask,
+        exclusion_lists,
         full_ranks,
         ranking_metrics,
         recent_popularity_scorer,
@@ -509,7 +509,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             for start in range(0, len(rows), 1024):
                 chunk = rows[start : start + 1024]
                 chunk_targets = targets[chunk]
-                excluded = exclusion_mask(exclude, log.num_items, chunk)
+                excluded = exclusion_lists(exclude, log.num_items, chunk)
                 model_scores = score_model(chunk)
                 ranks["model"].append(full_ranks(model_scores, chunk_targets, excluded))
                 if prior or with_baselines:

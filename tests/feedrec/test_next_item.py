@@ -7,6 +7,7 @@ from sklearn.metrics import ndcg_score
 from feedrec.next_item import (
     FULL,
     evaluate_next_item,
+    exclusion_lists,
     exclusion_mask,
     full_ranks,
     metric_keys,
@@ -70,6 +71,42 @@ def test_full_rank_matches_a_python_loop():
         others = [j for j in range(2, num_items) if j != target and j not in set(history[row])]
         expected = 1 + sum(scores[row, j] >= scores[row, target] for j in others)
         assert ranks[row] == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_full_rank_from_lists_equals_full_rank_from_the_mask(dtype):
+    # Ties (rounded scores), repeated and out-of-range history items, targets in
+    # the history, padding/OOV targets, empty histories: both forms agree.
+    rng = np.random.default_rng(11)
+    num_items = 40
+    scores = np.round(rng.normal(size=(60, num_items)), 1).astype(dtype)
+    targets = rng.integers(0, num_items + 2, size=60)
+    history = [
+        rng.integers(-1, num_items + 3, size=rng.integers(0, 15)).tolist() for _ in range(60)
+    ]
+    history[0] = []
+    history[1] = [int(targets[1])] * 3
+    rows = rng.permutation(60)[:45]
+    from_mask = full_ranks(scores[rows], targets[rows], exclusion_mask(history, num_items, rows))
+    lists = exclusion_lists(history, num_items, rows)
+    from_lists = full_ranks(scores[rows], targets[rows], lists)
+    np.testing.assert_array_equal(from_lists, from_mask)
+    assert np.isinf(from_mask).any() and np.isfinite(from_mask).any()
+    # the lists hold each row's distinct rankable items, sorted, padded with -1
+    for position, row in enumerate(rows):
+        expected = sorted({i for i in history[row] if 2 <= i < num_items})
+        kept = lists[position][lists[position] >= 0].tolist()
+        assert kept == expected
+
+
+def test_exclusion_lists_of_nothing_exclude_nothing():
+    scores = np.array([[0.0, 0.0, 0.9, 0.5, 0.7]])
+    assert exclusion_lists(None, 5, np.array([0])).tolist() == [[-1]]
+    assert full_ranks(scores, np.array([3]), exclusion_lists(None, 5, np.array([0]))).tolist() == [
+        3.0
+    ]
+    with pytest.raises(ValueError, match="excluded.shape"):
+        full_ranks(scores, np.array([3]), np.array([2, 4]))
 
 
 def test_ndcg_matches_sklearn_on_the_ranked_items():
