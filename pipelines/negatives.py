@@ -157,6 +157,11 @@ def hash_append_int(hashes: np.ndarray, numbers: np.ndarray, separator: str = "/
         digits += numbers >= power
         power *= 10
     for position in range(int(digits.max()) - 1 if len(numbers) else -1, -1, -1):
+        if position == 0:  # every number has a units digit: no gathers
+            digit = (numbers % 10 + ord("0")).astype(np.uint64)
+            hashes ^= digit
+            hashes *= _FNV_PRIME
+            continue
         active = np.flatnonzero(digits > position)
         digit = (numbers[active] // 10**position) % 10 + ord("0")
         hashes[active] = (hashes[active] ^ digit.astype(np.uint64)) * _FNV_PRIME
@@ -371,9 +376,10 @@ class NegativeSampler:
         times = np.asarray(times, np.int64)
         positives = np.asarray(positives, np.int64)
         n = len(times)
-        out = np.full((n, num_negatives), -1, dtype=np.int64)
+        # Slot-major (each slot's draws contiguous); returned as the (n, K) view.
+        out = np.full((num_negatives, n), -1, dtype=np.int64)
         if n == 0 or num_negatives == 0:
-            return out
+            return out.T
         streams = stream_keys(seed, key_hashes)
         proposals, lo, hi = self._ranges(times)
         width = hi - lo
@@ -389,7 +395,8 @@ class NegativeSampler:
             for attempt in range(max_attempts):
                 if not len(active):
                     break
-                rows = slice(None) if len(active) == n else active  # every row: no copies
+                every = len(active) == n
+                rows = slice(None) if every else active  # every row: no copies
                 draws = uniform_draws(streams[rows], slot * _SLOT_STRIDE + attempt)
                 span = width[rows]
                 draws *= span
@@ -398,15 +405,20 @@ class NegativeSampler:
                 candidate = proposals[pick]
                 ok = candidate != positives[rows]
                 for earlier in range(slot):  # distinct from the slots already filled
-                    ok &= out[rows, earlier] != candidate
+                    ok &= out[earlier, rows] != candidate
                 if not always_live:
                     ok &= self._live(candidate, times[rows])
+                if every:  # no gathers: the rows are the positions
+                    np.copyto(out[slot], candidate, where=ok)
+                    filled |= ok
+                    active = np.flatnonzero(~ok)
+                    continue
                 done = active[ok]
-                out[done, slot] = candidate[ok]
+                out[slot, done] = candidate[ok]
                 filled[done] = True
                 active = active[~ok]
             alive &= filled
-        return out
+        return out.T
 
 
 class ActivityAccumulator:
@@ -553,7 +565,10 @@ def matrix_to_lists(
     np.cumsum(counts, out=offsets[1:])
     if offsets[-1] >= np.iinfo(np.int32).max:
         raise ValueError(f"too many list values ({offsets[-1]}) for one list array")
-    flat = matrix[np.arange(matrix.shape[1]) < counts[:, None]]  # row-major: rows in order
+    if matrix.size and counts.min() == matrix.shape[1]:  # every row full
+        flat = matrix.reshape(-1)
+    else:
+        flat = matrix[np.arange(matrix.shape[1]) < counts[:, None]]  # row-major: rows in order
     offsets = pa.array(offsets.astype(np.int32))
     if values is not None:
         return pa.ListArray.from_arrays(offsets, values.take(pa.array(flat)))

@@ -715,6 +715,7 @@ class _Job:
         )
         first_seen = np.full(len(ctx.items), np.iinfo(np.int64).max, np.int64)
         cached = None
+        planner = concurrent.futures.ThreadPoolExecutor(1)
         for events, given in store.iter_partitions():
             codes = None if store.spilled else store.codes(ctx.items)
             store.encoded = []
@@ -729,6 +730,8 @@ class _Job:
                 activity.add(part.item, part.time, part.label)
             if not store.spilled:
                 cached = part
+                # Plans need no vocabulary: they run on the other core meanwhile.
+                cached.start_plans(planner)
         del events, given, part
         if cached is not None:
             store.tables, store.given = [], []  # the cached partition holds what is needed
@@ -774,6 +777,7 @@ class _Job:
                 for job in jobs:
                     job.result()
                 del part, jobs
+        planner.shutdown()
         self.bar.stage("merge")
         writers.finish(max(1, options.max_rows_in_memory // 2))
 
@@ -1341,11 +1345,24 @@ class _Partition:
         self.user_hashes = hash_strings(self.user_ids)
         self.impression_hashes = hash_strings(self.impression_ids)
         self.click_index = index[self.click_item]
+        # Running count of the clicks without a training ID: a history's OOV count
+        # is a difference of two entries.
+        self.click_unseen = np.zeros(len(self.click_index) + 1, np.int64)
+        np.cumsum(self._unseen_mask(self.click_index), out=self.click_unseen[1:])
         if self.ctx.has_impressions:
             self.row_index = index[self.item[self.imp_rows]]
             self.pool_items = self.item[self.imp_rows[self.pool_positions]]
 
+    def start_plans(self, pool: concurrent.futures.Executor) -> None:
+        """Plan every split in ``pool`` now (plans need no vocabulary); ``plan`` waits for them."""
+        self._planned = {code: pool.submit(self._plan, code) for code in range(len(SPLITS))}
+
     def plan(self, split: int) -> _Plan:
+        """The examples of split ``split`` (a code), in output order."""
+        planned = getattr(self, "_planned", {}).pop(split, None)
+        return self._plan(split) if planned is None else planned.result()
+
+    def _plan(self, split: int) -> _Plan:
         options = self.ctx.options
         units = np.flatnonzero(self.unit_split == split)
         without_click = 0
@@ -1363,16 +1380,23 @@ class _Partition:
             keep = self._full_history_length(kind, rows) >= options.min_history
             dropped = int((~keep).sum())
             rows = rows[keep]
-        arrays = self.units(kind, rows, with_hash=False)
-        order = _sorted_by_time_key(
-            arrays.time, lambda sub: self.keys(kind, arrays.head[sub], arrays.tail[sub])
-        )
+        if kind == "click":
+            times, users = self.click_time[rows], self.click_user[rows]
+        else:
+            group = self.imp_group[rows] if kind == "impression_train" else rows
+            times, users = self.unit_time[group], self.unit_user[group]
+
+        def keys_of(sub: np.ndarray) -> pa.Array:
+            arrays = self.units(kind, rows[sub], with_hash=False)
+            return self.keys(kind, arrays.head, arrays.tail)
+
+        order = _sorted_by_time_key(times, keys_of)
         return _Plan(
             kind=kind,
             rows=rows[order],
             dropped=dropped,
             without_click=without_click,
-            users=int(np.count_nonzero(np.bincount(arrays.user, minlength=1))),
+            users=int(np.count_nonzero(np.bincount(users, minlength=1))),
         )
 
     def units(self, kind: str, rows: np.ndarray, *, with_hash: bool = True) -> _Units:
@@ -1409,17 +1433,26 @@ class _Partition:
         _, end = history_bounds(self.click_user, self.click_time, users, self.unit_time[group], 0)
         return end - self.user_first[users]
 
-    def keys(self, kind: str, head: np.ndarray, tail: np.ndarray) -> pa.Array:
-        """Example keys: ``{user}/{n}``, ``{impression}/{position}`` or ``{impression}``."""
-        names = self.user_ids if kind == "click" else self.impression_ids
-        heads = names.take(pa.array(head))
+    def keys(
+        self, kind: str, head: np.ndarray, tail: np.ndarray, heads: pa.Array | None = None
+    ) -> pa.Array:
+        """Example keys: ``{user}/{n}``, ``{impression}/{position}`` or ``{impression}``.
+
+        ``heads`` are the names of ``head`` when the caller has them already.
+        """
+        if heads is None:
+            names = self.user_ids if kind == "click" else self.impression_ids
+            heads = names.take(pa.array(head))
         if kind == "impression_eval":
             return heads
         return pc.binary_join_element_wise(heads, pa.array(tail).cast(pa.string()), "/")
 
-    def _unseen(self, indices: np.ndarray) -> int:
+    def _unseen_mask(self, indices: np.ndarray) -> np.ndarray:
         """Entries with no training ID: OOV, or known from metadata only."""
-        return int(((indices == OOV_INDEX) | (indices >= self.ctx.num_id_items)).sum())
+        return (indices == OOV_INDEX) | (indices >= self.ctx.num_id_items)
+
+    def _unseen(self, indices: np.ndarray) -> int:
+        return int(np.count_nonzero(self._unseen_mask(indices)))
 
     def build(self, plan: _Plan) -> tuple[pa.Table, tuple[int, int]]:
         """The examples of one chunk of a plan, and their (history, candidates) OOV counts."""
@@ -1433,6 +1466,7 @@ class _Partition:
             codes = _codes(pc.index_in(lists.values, ctx.items))
             values = np.where(codes >= 0, index[np.maximum(codes, 0)], OOV_INDEX).astype(np.int32)
             history = pa.ListArray.from_arrays(lists.offsets, pa.array(values, pa.int32()))
+            history_oov = self._unseen(values)
         else:
             if kind == "click":  # the queries are the clicks themselves
                 end = self.click_run_start[rows]
@@ -1442,14 +1476,16 @@ class _Partition:
                     self.click_user, self.click_time, units.user, units.time, length
                 )
             history = gather_lists(start, end, self.click_index, pa.int32())
-            values = history.values.to_numpy(zero_copy_only=False)
+            unseen = self.click_unseen
+            history_oov = int(unseen[end].sum() - unseen[start].sum())
         if kind == "click":
             positive = self.click_item[rows]
             negatives = ctx.sampler.sample(
                 units.key_hash, units.time, positive, options.negatives, options.seed
             )
-            matrix = np.concatenate([positive[:, None], negatives], axis=1)
-            matrix = np.where(matrix >= 0, index[np.maximum(matrix, 0)], -1)
+            matrix = np.empty((len(rows), negatives.shape[1] + 1), np.int32)
+            matrix[:, 0] = index[positive]
+            matrix[:, 1:] = np.where(negatives >= 0, index[np.maximum(negatives, 0)], -1)
             candidates = matrix_to_lists(matrix)
             labels = _first_is_positive(candidates)
         elif kind == "impression_train":
@@ -1468,12 +1504,19 @@ class _Partition:
             candidates = gather_lists(start, end, self.row_index, pa.int32())
             labels = gather_lists(start, end, self.label[self.imp_rows], pa.int8())
         candidates = candidates.cast(pa.list_(pa.int32()))
+        user_ids = self.user_ids.take(pa.array(units.user))
         table = pa.table(
             {
-                "example_key": self.keys(kind, units.head, units.tail),
-                "user_id": self.user_ids.take(pa.array(units.user)),
+                "example_key": self.keys(
+                    kind, units.head, units.tail, user_ids if kind == "click" else None
+                ),
+                "user_id": user_ids,
                 "time": pa.array(units.time, pa.int64()),
-                "impression_id": self.impression_ids.take(_nullable(units.group)),
+                "impression_id": (
+                    self.impression_ids.take(_nullable(units.group))
+                    if ctx.has_impressions
+                    else pa.nulls(len(rows), pa.string())
+                ),
                 "session_id": self.sessions.take(pa.array(self.order[units.session])),
                 "history": history.cast(pa.list_(pa.int32())),
                 "history_length": pa.array(np.diff(history.offsets.to_numpy()).astype(np.int32)),
@@ -1483,7 +1526,7 @@ class _Partition:
             schema=EXAMPLES,
         )
         candidate_values = candidates.values.to_numpy(zero_copy_only=False)
-        oov = (self._unseen(values), self._unseen(candidate_values))
+        oov = (history_oov, self._unseen(candidate_values))
         return table, oov
 
 
