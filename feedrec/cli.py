@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EXPORT_BASE",
         help="writes EXPORT_BASE/<version>/ (a new integer version)",
     )
+    export.add_argument(
+        "--jit-compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="compile the numeric part with XLA: about 2x faster on CPU, but TF Serving "
+        "then needs --xla_cpu_compilation_enabled=true (default: off)",
+    )
 
     recommend = sub.add_parser("recommend", help="top items for a history, from an export")
     recommend.add_argument("export_dir", type=Path, metavar="EXPORT_DIR")
@@ -226,7 +233,7 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from feedrec.export import export_run
 
-    path = export_run(args.run_dir, args.out)
+    path = export_run(args.run_dir, args.out, jit_compile=args.jit_compile)
     print(path)
     return 0
 

@@ -362,6 +362,24 @@ def test_cli_export_then_recommend(run_dir, model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("flags", "jit_compile"),
+    [([], False), (["--jit-compile"], True), (["--no-jit-compile"], False)],
+    ids=["default", "jit", "no-jit"],
+)
+def test_cli_export_jit_compile_flag(run_dir, tmp_path, monkeypatch, capsys, flags, jit_compile):
+    calls = []
+
+    def fake_export_run(run, base, *, jit_compile):
+        calls.append((Path(run), Path(base), jit_compile))
+        return Path(base) / "1"
+
+    monkeypatch.setattr(export, "export_run", fake_export_run)
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "base"), *flags]) == 0
+    assert calls == [(run_dir, tmp_path / "base", jit_compile)]
+    assert capsys.readouterr().out.strip() == str(tmp_path / "base" / "1")
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--history", "N10", "--top-k", "0"], "top_k=0"),
