@@ -1233,7 +1233,7 @@ class _Partition:
         users = np.asarray(users, np.int64)
         time_ = events.column("time").to_numpy()
         # Sorted by (user, time); ties keep the log order (a stable sort of rows in `_row` order).
-        order = np.argsort(pack_user_time(users, time_)[0], kind="stable")
+        order = user_time_order(users, time_, ctx.options.workers)
         self.user = users[order]
         self.time = time_[order]
         self.item = item[order]
@@ -1528,6 +1528,27 @@ class _Partition:
         candidate_values = candidates.values.to_numpy(zero_copy_only=False)
         oov = (history_oov, self._unseen(candidate_values))
         return table, oov
+
+
+def user_time_order(users: np.ndarray, times: np.ndarray, workers: int = 2) -> np.ndarray:
+    """Rows sorted by (user, time), ties in row order (a stable sort), on ``workers`` threads.
+
+    Rows are split into ``workers`` ranges of user codes; each range is sorted
+    in its own thread (NumPy sorts without the GIL) and the ranges follow one
+    another, so the result is the single stable sort's.
+    """
+    keys = pack_user_time(users, times)[0]
+    users = np.asarray(users, np.int64)
+    if workers < 2 or len(keys) < 100_000:
+        return np.argsort(keys, kind="stable")
+    bounds = np.linspace(0, int(users.max()) + 1, workers + 1).astype(np.int64)
+    pieces = [
+        np.flatnonzero((users >= low) & (users < high))
+        for low, high in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        sorted_pieces = pool.map(lambda rows: rows[np.argsort(keys[rows], kind="stable")], pieces)
+        return np.concatenate(list(sorted_pieces))
 
 
 def _codes(indices: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -789,3 +789,16 @@ def test_items_known_only_from_metadata_get_features_but_no_id(tmp_path, log_fil
     items = load_items(data)
     assert items.column("clicks").to_pylist()[10:] == [0, 0, 0]  # no training clicks
     assert items.column("first_seen").to_pylist()[10] is None  # "fresh" never in the log
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_user_time_order_is_the_stable_sort_by_user_then_time(workers):
+    rng = np.random.default_rng(5)
+    rows = 120_000  # above the size sorted in threads
+    users = rng.integers(0, 900, rows)
+    times = rng.integers(0, 50, rows)  # many ties: the row order must decide them
+
+    order = prepare_module.user_time_order(users, times, workers)
+
+    # np.lexsort is stable: by user, then time, then row.
+    assert order.tolist() == np.lexsort((times, users)).tolist()
