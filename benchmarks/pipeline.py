@@ -14,10 +14,11 @@ Modes:
 * ``memory``: a synthetic log of ``--base-clicks`` clicks at 1x, 2x, 4x,
   prepared with partitioning (``--max-rows-in-memory``), in three layouts
   (``--layouts``): ``files`` (an ``events`` log in several Parquet files),
-  ``csv`` (one large Globo-format CSV file) and ``zip`` (one zip of hourly
-  Globo-format CSV members, like the real Globo archive). Peak RSS should
-  stay roughly flat as the log grows: a single file or zip is read a batch
-  at a time too. Prints ``{"benchmark": "pipeline-memory", "layout",
+  ``csv`` (one large Globo-format CSV file), ``zip`` (one zip of hourly
+  Globo-format CSV members, like the real Globo archive), ``jsonl`` and
+  ``parquet`` (the ``files`` log as one large JSON Lines or Parquet file).
+  Peak RSS should stay roughly flat as the log grows: a single file or zip
+  is read a batch at a time too. Prints ``{"benchmark": "pipeline-memory", "layout",
   "scale", "clicks", "input_mb", "partitions", "peak_rss_mb", ...}``.
 
 Every figure has ``wall_s`` (process start to exit) and ``cpu_s`` (user +
@@ -30,6 +31,7 @@ Usage::
     python benchmarks/pipeline.py                      # both modes
     python benchmarks/pipeline.py --mode globo --repeats 3
     python benchmarks/pipeline.py --mode memory --scales 1 2 4 --layouts csv zip
+    python benchmarks/pipeline.py --mode memory --scales 1 2 4 --layouts jsonl parquet
 """
 
 from __future__ import annotations
@@ -114,33 +116,58 @@ def bench_globo(workdir: Path, cpus: str | None, repeats: int) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def synthetic_log(folder: Path, files: int, clicks_per_file: int, seed: int = 0) -> int:
-    """Parquet files of a click log: Zipf-ish users and items, items live a few days."""
+def synthetic_days(days: int, clicks_per_day: int, seed: int = 0):
+    """Tables of a click log, a day each: Zipf-ish users and items, items live a few days."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     day = 86_400_000
-    for index in range(files):
+    for index in range(days):
         start = 1_500_000_000_000 + index * day
-        times = np.sort(rng.integers(start, start + day, clicks_per_file))
-        users = (rng.pareto(1.2, clicks_per_file) * 1000).astype(np.int64) % 200_000
+        times = np.sort(rng.integers(start, start + day, clicks_per_day))
+        users = (rng.pareto(1.2, clicks_per_day) * 1000).astype(np.int64) % 200_000
         # Items published over time: mostly recent ones are clicked.
-        ages = (rng.exponential(2_000, clicks_per_file)).astype(np.int64)
-        items = np.maximum(index * 5_000 + rng.integers(0, 5_000, clicks_per_file) - ages, 0)
-        table = pa.table(
+        ages = (rng.exponential(2_000, clicks_per_day)).astype(np.int64)
+        items = np.maximum(index * 5_000 + rng.integers(0, 5_000, clicks_per_day) - ages, 0)
+        yield pa.table(
             {
                 "user_id": pa.array(users.astype(str)),
                 "item_id": pa.array(items.astype(str)),
                 "timestamp": pa.array(times),
             }
         )
+
+
+def synthetic_log(folder: Path, files: int, clicks_per_file: int, seed: int = 0) -> int:
+    """Parquet files of a click log, a day each (see :func:`synthetic_days`)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, table in enumerate(synthetic_days(files, clicks_per_file, seed)):
         pq.write_table(table, folder / f"clicks-{index:04d}.parquet")
     return files * clicks_per_file
 
 
+def synthetic_single(path: Path, layout: str, days: int, clicks_per_day: int, seed=0) -> int:
+    """The log of :func:`synthetic_days` as one JSON Lines (``jsonl``) or Parquet file."""
+    import pyarrow.parquet as pq
+
+    tables = synthetic_days(days, clicks_per_day, seed)
+    if layout == "parquet":
+        first = next(tables)
+        with pq.ParquetWriter(path, first.schema) as writer:
+            writer.write_table(first)  # row groups of at most 1Mi rows
+            for table in tables:
+                writer.write_table(table)
+    else:
+        with path.open("w", encoding="utf-8") as file:
+            for table in tables:
+                file.write(table.to_pandas().to_json(orient="records", lines=True))
+    return days * clicks_per_day
+
+
+LAYOUTS = ("files", "csv", "zip", "jsonl", "parquet")
 GLOBO_COLUMNS = (
     "user_id,session_id,session_start,session_size,click_article_id,click_timestamp,"
     "click_environment,click_deviceGroup,click_os,click_country,click_region,click_referrer_type"
@@ -215,6 +242,12 @@ def bench_memory(
                 clicks = synthetic_log(folder, files, base_clicks // files_per_scale)
                 inputs = sorted(str(p) for p in folder.iterdir())
                 argv = ["--format", "events", *inputs, "--time-unit", "ms"]
+            elif layout in ("jsonl", "parquet"):
+                days = files_per_scale * scale
+                path = folder / f"clicks.{layout}"
+                clicks = synthetic_single(path, layout, days, base_clicks // files_per_scale)
+                inputs = [str(path)]
+                argv = ["--format", "events", *inputs, "--time-unit", "ms"]
             else:
                 name = "clicks_hour_000.csv" if layout == "csv" else "clicks.zip"
                 hours = max(1, base_clicks * scale // per_hour)
@@ -228,7 +261,7 @@ def bench_memory(
             manifest = result["manifest"]
             figure(
                 benchmark="pipeline-memory",
-                dataset="synthetic-events" if layout == "files" else "synthetic-globo",
+                dataset="synthetic-globo" if layout in ("csv", "zip") else "synthetic-events",
                 layout=layout,
                 scale=scale,
                 clicks=clicks,
@@ -259,9 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layouts",
         nargs="+",
-        choices=("files", "csv", "zip"),
-        default=["files", "csv", "zip"],
-        help="memory mode: several Parquet files, one large CSV, one zip (default: all)",
+        choices=LAYOUTS,
+        default=list(LAYOUTS),
+        help="memory mode: several Parquet files, one large CSV, one zip, one large JSON "
+        "Lines file, one large Parquet file (default: all)",
     )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
     args = parser.parse_args(argv)
