@@ -38,7 +38,8 @@ are given; ``leave-last-out`` is per user (the default for ``sequences``).
 
 Memory: the reader streams (``pipelines.readers.read_batches``: batches of
 about ``16 * max_rows_in_memory`` bytes of text, 1 to 16 MB, parsed in
-threads; a zip archive member by member, a large file in blocks of lines).
+threads; a zip archive member by member, a large text or JSON Lines file in
+blocks of lines, a large Parquet file in batches of rows).
 Up to ``max_rows_in_memory`` canonical events are processed as one
 partition; as soon as the rows read so far, extrapolated by the share of the
 input bytes read, exceed that, events are spilled batch by batch to ``P``
@@ -53,10 +54,14 @@ item), 16 bytes a click). Results do not depend on ``P``, the batches,
 
 Speed (both cores): while the reader's threads parse, the main thread
 dictionary-encodes each batch's user and item ids, so the in-memory
-partition never hashes an id string again; the three splits are then built
-and written at once, each written by its own thread (Parquet encoding
-releases the GIL) from chunks of ``chunk_size`` examples built by
-``workers`` threads.
+partition never hashes an id string again; its (user, time) sort runs on
+``workers`` threads, and the splits are planned (examples chosen and put in
+(time, key) order) on the second core while the main thread counts items and
+builds the vocabulary; the three splits are then built and written at once,
+each written by its own thread (Parquet encoding releases the GIL) from
+chunks of ``chunk_size`` examples built by ``workers`` threads. The train
+split's writer is the longest task of that stage (the list columns' Parquet
+encoding, one thread per file).
 
 Determinism: every ordering is by content (sorted raw ids, times, input
 order for ties) and every random draw a hash of (seed, example key), so

@@ -82,8 +82,9 @@ def read_batches(
 
     ``events`` and ``globo`` stream (``BATCH_READERS``: batches of about
     ``batch_bytes`` of text, a zip member or a block of a large file at a
-    time); ``mind`` and ``sequences`` need the whole log (given histories,
-    positions across files) and give one batch. In every case
+    time, a large Parquet file in batches of rows); ``mind`` and
+    ``sequences`` need the whole log (given histories, positions across
+    files) and give one batch. In every case
     ``combine(read_batches(...))`` equals ``read(...)``.
 
     Args:
