@@ -1347,8 +1347,10 @@ class _Partition:
     def index_items(self) -> None:
         """Vocabulary indices of the clicks and impression rows (once the vocabulary exists)."""
         index = self.ctx.code_to_index
-        self.user_hashes = hash_strings(self.user_ids)
-        self.impression_hashes = hash_strings(self.impression_ids)
+        hashes = getattr(self, "_hashes", None)
+        self.user_hashes, self.impression_hashes = (
+            self._id_hashes() if hashes is None else hashes.result()
+        )
         self.click_index = index[self.click_item]
         # Running count of the clicks without a training ID: a history's OOV count
         # is a difference of two entries.
@@ -1359,8 +1361,16 @@ class _Partition:
             self.pool_items = self.item[self.imp_rows[self.pool_positions]]
 
     def start_plans(self, pool: concurrent.futures.Executor) -> None:
-        """Plan every split in ``pool`` now (plans need no vocabulary); ``plan`` waits for them."""
+        """Hash the ids and plan every split in ``pool`` now (no vocabulary needed).
+
+        ``index_items`` and ``plan`` then wait for them.
+        """
+        self._hashes = pool.submit(self._id_hashes)
         self._planned = {code: pool.submit(self._plan, code) for code in range(len(SPLITS))}
+
+    def _id_hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """FNV-1a hashes of the user and impression ids (the example keys start with them)."""
+        return hash_strings(self.user_ids), hash_strings(self.impression_ids)
 
     def plan(self, split: int) -> _Plan:
         """The examples of split ``split`` (a code), in output order."""
