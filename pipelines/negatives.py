@@ -560,12 +560,14 @@ def matrix_to_lists(
     entries are indices into it.
     """
     matrix = np.asarray(matrix)
-    counts = (matrix >= 0).sum(axis=1)
+    valid = matrix >= 0
+    full = bool(valid.all())  # every row full (the common case): no row sums, no mask
+    counts = np.full(matrix.shape[0], matrix.shape[1]) if full else valid.sum(axis=1)
     offsets = np.zeros(matrix.shape[0] + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     if offsets[-1] >= np.iinfo(np.int32).max:
         raise ValueError(f"too many list values ({offsets[-1]}) for one list array")
-    if matrix.size and counts.min() == matrix.shape[1]:  # every row full
+    if full:
         flat = matrix.reshape(-1)
     else:
         flat = matrix[np.arange(matrix.shape[1]) < counts[:, None]]  # row-major: rows in order

@@ -11,6 +11,7 @@ from pipelines.negatives import (
     choose_negatives,
     hash_append_int,
     hash_strings,
+    matrix_to_lists,
     merge_intervals,
     parse_duration,
     sample_negatives,
@@ -265,3 +266,25 @@ def test_argument_checks_quote_the_value():
         sample_negatives(CATALOG, examples([("k", 1, "i0")]), num_negatives=1, sampling="often")
     with pytest.raises(ValueError, match="num_negatives=-1"):
         sample_negatives(CATALOG, examples([("k", 1, "i0")]), num_negatives=-1)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [[3, 1, 4], [1, 5, 9]],  # every row full
+        [[3, 1, -1], [-1, -1, -1], [2, 6, 5]],  # some rows stop early
+    ],
+    ids=["full", "ragged"],
+)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_matrix_to_lists_keeps_each_row_prefix(rows, order):
+    matrix = np.array(rows, np.int32, order=order)
+
+    lists = matrix_to_lists(matrix)
+
+    assert lists.to_pylist() == [[v for v in row if v >= 0] for row in rows]
+    assert lists.type.value_type == pa.int32()
+    names = pa.array(["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"])
+    assert matrix_to_lists(matrix, names).to_pylist() == [
+        [names[v].as_py() for v in row if v >= 0] for row in rows
+    ]
