@@ -32,6 +32,12 @@ Usage::
     python benchmarks/serving.py                     # default export, then XLA export
     python benchmarks/serving.py --variants default --repeats 5 --cpus 0,1
     python benchmarks/serving.py --run runs/mind     # a trained run's export
+    python benchmarks/serving.py --env TF_ENABLE_ONEDNN_OPTS=0   # a server setting
+
+The published figures (README, "Serving benchmark") are those of
+``python benchmarks/serving.py --repeats 3`` on a quiet machine (check
+``uptime`` first: with a 1-minute load above the core count, the process
+waits for a core and the figures are not comparable).
 """
 
 from __future__ import annotations
@@ -205,7 +211,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intra-op", type=int, default=0, help="TF intra-op threads (0: TF's)")
     parser.add_argument("--inter-op", type=int, default=0, help="TF inter-op threads (0: TF's)")
     parser.add_argument("--cpus", help="pin the measuring process with taskset, e.g. 0,1")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a server environment setting for the measuring process, e.g. "
+        "TF_ENABLE_ONEDNN_OPTS=0 or XLA_FLAGS=...; repeatable",
+    )
     args = parser.parse_args(argv)
+    settings = {}
+    for item in args.env:
+        name, equals, value = item.partition("=")
+        if not equals or not name:
+            parser.error(f"--env should be NAME=VALUE. Received: --env {item!r}")
+        settings[name] = value
 
     with tempfile.TemporaryDirectory(prefix="feedrec-serving-") as tmp:
         paths = make_exports(args.variants, args.items, args.run, Path(tmp))
@@ -226,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
             command = [sys.executable, "-c", CHILD, json.dumps(child)]
             if args.cpus:
                 command = ["taskset", "-c", args.cpus, *command]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **settings}
+            if settings:
+                print(json.dumps({"figure": "settings", "export": variant, "env": settings}))
+                sys.stdout.flush()
             result = subprocess.run(command, env=env, cwd=tmp, stdout=sys.stdout)
             if result.returncode:
                 return result.returncode
