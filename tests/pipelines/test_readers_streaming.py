@@ -89,6 +89,12 @@ def test_a_jsonl_file_streams_in_blocks_with_the_whole_read_rows(tmp_path, compr
     assert by_reason["empty_user"] == sum('"user_id": ""' in line for line in lines)
     assert by_reason["bad_timestamp"] == sum('"soon"' in line for line in lines)
     assert whole.rows_read == sum(bool(line) for line in lines)
+    # Messages name the file, the line, the field and the value, block or not.
+    first_bad_value = next(n for n, line in enumerate(lines, 1) if '"item_id": [1, 2]' in line)
+    assert combine(batches).rejections.examples["bad_value"][0] == (
+        f"{path}, line {first_bad_value}: field `item_id`: expected a string or an integer, "
+        "received '[1, 2]'"
+    )
     # source_line is the line in the file (blank lines counted).
     numbers = whole.events.column("source_line").to_pylist()
     users = whole.events.column("user_id").to_pylist()
