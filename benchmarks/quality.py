@@ -644,7 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = args.out or RESULTS / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    partial.replace(out)  # atomic: a crash never leaves a half-written result
     print(json.dumps({"written": str(out), "results": report["results"]}, indent=1))
     return 0
 
