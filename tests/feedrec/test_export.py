@@ -108,8 +108,12 @@ def test_scores_match_the_model(model, serving):
 
 
 def test_unknown_ids_map_to_oov(model, serving):
-    got = serve(serving, [["N10", "NEW1"], ["N10", "NEW2"]], [["NEW3", "N11"], ["NEW4", "N11"]])
-    np.testing.assert_array_equal(got[0], got[1])  # any unknown id is the same OOV item
+    # Only "" is padding: blank or NUL ids are unknown ids like any other.
+    history = [["N10", "NEW1"], ["N10", "NEW2"], ["N10", " "], ["N10", "\x00"]]
+    candidates = [["NEW3", "N11"], ["NEW4", "N11"], ["\t", "N11"], ["\x00", "N11"]]
+    got = serve(serving, history, candidates)
+    for row in got[1:]:
+        np.testing.assert_array_equal(got[0], row)  # any unknown id is the same OOV item
     oov = model_scores(model, [["N10", "<oov>"]], [["<oov>", "N11"]])[0]
     assert _index("<oov>") == 1
     np.testing.assert_allclose(got[0], oov, atol=1e-5)
@@ -274,11 +278,11 @@ def test_a_killed_export_leaves_no_version(tmp_path):
 
 def test_jit_compiled_export_gives_the_same_scores(model, serving, tmp_path):
     compiled = export.load_export(export.export_model(model, ITEM_IDS, tmp_path, jit_compile=True))
-    history = [["N10", "N11", "N12", "N13", "N14"], ["N15", "", "", "", ""], ["", "", "", "", ""]]
+    history = [["N10", "N11", "N12", "N13", "N14"], ["N15", " ", "", "", ""], ["", "", "", "", ""]]
     candidates = [["N12", "N13", "X"], ["N10", "N15", "N11"], ["N11", "N14", "N10"]]
-    np.testing.assert_allclose(
-        serve(compiled, history, candidates), serve(serving, history, candidates), atol=1e-5
-    )
+    expected = serve(serving, history, candidates)
+    np.testing.assert_allclose(serve(compiled, history, candidates), expected, atol=1e-5)
+    np.testing.assert_allclose(expected, model_scores(model, history, candidates), atol=1e-5)
 
 
 def test_next_version_counts_integer_names_only(tmp_path):
