@@ -182,10 +182,10 @@ class ServingModule(tf.Module):
         return self.item_table.lookup(ids), tf.strings.length(ids)
 
     @staticmethod
-    def _indices(found, length):
+    def _indices(table_index, id_length):
         """Int32 indices from :meth:`_find`'s table indices and id lengths."""
         padding = tf.constant(PADDING_INDEX, tf.int32)
-        return tf.where(tf.equal(length, 0), padding, tf.cast(found, tf.int32))
+        return tf.where(tf.equal(id_length, 0), padding, tf.cast(table_index, tf.int32))
 
     def truncate(self, history):
         """History indices ``(batch, history_len)`` -> ``(indices, lengths)``.
@@ -220,13 +220,15 @@ class ServingModule(tf.Module):
         """``fn``, compiled with XLA when ``jit_compile`` (built while tracing, not tracked)."""
         return tf.function(fn, jit_compile=True, autograph=False) if self.jit_compile else fn
 
-    def _user_vectors(self, history, history_length):
-        indices, lengths = self.truncate(self._indices(history, history_length))
+    def _user_vectors(self, history, history_id_lengths):
+        # ``history``: the table's int64 indices; ``history_id_lengths``: the
+        # string length of each raw id (0 = padding), as :meth:`_find` returns them.
+        indices, lengths = self.truncate(self._indices(history, history_id_lengths))
         return self._encode_user(tf.gather(self.item_vectors, indices), lengths)
 
-    def _scores(self, history, history_length, candidates, candidates_length):
-        user = self._user_vectors(history, history_length)
-        items = tf.gather(self.item_vectors, self._indices(candidates, candidates_length))
+    def _scores(self, history, history_id_lengths, candidates, candidate_id_lengths):
+        user = self._user_vectors(history, history_id_lengths)
+        items = tf.gather(self.item_vectors, self._indices(candidates, candidate_id_lengths))
         if self.jit_compile:
             # XLA fuses the gather into a multiply-and-sum and never writes the
             # (batch, num_candidates, dim) vectors: 40% less time than a dot there.
