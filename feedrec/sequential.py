@@ -739,17 +739,12 @@ def train_sequential(
     import keras
 
     from feedrec.evaluation import click_log, earlier_items, item_counts
+    from feedrec.training import check_directories
 
     config = config or Config()
     sequential = sequential or SequentialConfig()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    manifest_path = data_dir / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(
-            f"{manifest_path} not found: DATA_DIR must be written by `feedrec prepare`"
-        )
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite")
+    manifest = check_directories(data_dir, out_dir, overwrite)
     if config.model.pooling != "last":
         logger.warning(
             "pooling=%r: the next-item objective trains the state after each click; "
@@ -817,7 +812,7 @@ def train_sequential(
                 "data_dir": str(data_dir.resolve()),
                 "num_items": int(model.item_encoder.num_items),
                 "feature_vocab_sizes": vocab_sizes,
-                "format": read_json(manifest_path).get("format"),
+                "format": manifest.get("format"),
                 "train_sequences": len(sequences),
                 "train_targets": sequences.num_targets,
             },

@@ -320,3 +320,14 @@ def test_cli_trains_with_a_sequential_table_and_evaluates_next_item(data_dir, tm
     assert written["protocol"] == "next_item"
     # 30 items: too few for 100 negatives, so only the full protocol is computed
     assert set(written["protocols"]) == {FULL}
+
+
+def test_train_sequential_checks_its_directories_before_any_work(data_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+        train_sequential(tmp_path / "no-data", tmp_path / "run")
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        train_sequential(data_dir, taken)
+    assert (taken / "keep.txt").read_text() == "x"
