@@ -551,6 +551,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             log.table.take(pa.array(in_window)),
             log.history_length,
             since=int(log.times[in_window].min()),
+            windows=sequential.windows,
         )
         if sequential.loss == "sampled_softmax":
             recent_clicks = (log.windows > window - negative_hours) & (log.windows <= window)

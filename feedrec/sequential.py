@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("next_item_causal",)
 SEQUENTIAL_LOSSES = ("full_softmax", "sampled_softmax")
 SCHEDULES = ("constant", "cosine")
+WINDOWS = ("last", "all")
 #: Item indices below this are padding and OOV: never a target, never a logit column.
 FIRST_ITEM_INDEX = 2
 
@@ -79,6 +80,12 @@ class SequentialConfig:
             ``N(0, stddev)`` before training; None keeps the item encoder's
             initialiser (uniform in +-0.05, small beside the position
             embeddings, and slow to grow into confident output logits).
+        windows: which training sequences a user gives. ``"last"`` (SASRec):
+            one, the most recent ``L + 1`` clicks. ``"all"``: the user's whole
+            training sequence, cut from its end into windows of ``L`` inputs
+            (each click is a target exactly once; a window's first input is
+            the previous window's last target); users longer than ``L``
+            contribute every click instead of their last ``L``.
         validation_sampled_negatives: also record, at each validation, the
             metrics against this many uniform negatives (the SASRec protocol,
             ``sampled_uniform_K``), for learning curves; 0 = not. Model
@@ -99,6 +106,7 @@ class SequentialConfig:
     width_multiple: int = 16
     item_embedding_stddev: float | None = None
     validation_sampled_negatives: int = 0
+    windows: str = "last"
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -106,6 +114,7 @@ class SequentialConfig:
             ("loss", SEQUENTIAL_LOSSES),
             ("schedule", SCHEDULES),
             ("negative_sampling", ("uniform", "popularity")),
+            ("windows", WINDOWS),
         ):
             value = getattr(self, name)
             if value not in choices:
@@ -194,36 +203,51 @@ def click_order(table: pa.Table) -> np.ndarray:
 
 
 def sequences_from_examples(
-    table: pa.Table, max_length: int, since: int | None = None
+    table: pa.Table, max_length: int, since: int | None = None, windows: str = "last"
 ) -> Sequences:
-    """Per user, the last example's history plus its click, as a training sequence.
+    """Training sequences from click-log examples.
 
     Args:
         table: click-log examples (``pipelines.schema.EXAMPLES`` columns
             ``user_id``, ``time``, ``history``, ``candidates``, ``labels``; the
             clicked candidate is the one labelled 1).
-        max_length: int. ``L``: the most recent ``L + 1`` clicks are kept.
+        max_length: int. ``L``, the inputs per sequence.
         since: int or None. Train only the positions whose target was clicked
             at or after this time (the user's examples with ``time >= since``);
             None trains every position.
+        windows: ``"last"``: per user, the last example's history plus its
+            click (the most recent ``L + 1`` clicks), one row per user in
+            order of first appearance. ``"all"``: per user, the first
+            example's history followed by every example's click, cut from the
+            end into windows of ``L`` inputs (see :class:`SequentialConfig`).
 
     Returns:
-        :class:`Sequences`, one row per user, users in sorted order.
+        :class:`Sequences`.
     """
     _check_int("max_length", max_length, minimum=1)
+    if windows not in WINDOWS:
+        raise ValueError(f"`windows` should be one of {WINDOWS}. Received: windows={windows!r}")
     if table.num_rows == 0:
         empty = np.zeros((0, max_length), np.int32)
         return Sequences(empty, np.zeros(0, np.int32), empty.copy(), np.zeros(0, object))
     order = click_order(table)
-    users = table.column("user_id").combine_chunks().take(pa.array(order))
-    codes = pc.dictionary_encode(users).indices.to_numpy()
-    last_of_user = np.flatnonzero(np.r_[codes[1:] != codes[:-1], True])
-    rows = order[last_of_user]
-    last = table.take(pa.array(rows))
+    codes, names = _user_codes(table, order)
+    if windows == "all":
+        first_rows = order[_starts(codes)]
+        return _windows(
+            codes,
+            _clicked_items(table)[order],
+            table.column("time").to_numpy()[order],
+            table.column("history").take(pa.array(first_rows)),
+            max_length,
+            since,
+            names,
+        )
+    n = len(names)
+    last = table.take(pa.array(order[_ends(codes)]))
     histories, history_lengths = pad_lists(last.column("history"), max_length, keep="last")
     clicked = _clicked_items(last)
     # sequence = kept history + the click, then inputs = seq[:-1], targets = seq[1:]
-    n = len(rows)
     sequence = np.zeros((n, max_length + 1), np.int64)
     sequence[:, :max_length] = histories
     sequence[np.arange(n), history_lengths] = clicked
@@ -237,12 +261,86 @@ def sequences_from_examples(
         new = np.bincount(codes[times >= since], minlength=n)
         trained = positions >= (lengths - new)[:, None]
         targets = np.where(trained, targets, 0)
-    users_out = np.asarray(pc.unique(users).to_pylist(), dtype=object)
     return Sequences(
         items=items.astype(np.int32),
         lengths=lengths,
         targets=np.where(targets >= FIRST_ITEM_INDEX, targets, 0).astype(np.int32),
-        users=users_out,
+        users=names,
+    )
+
+
+def _user_codes(table: pa.Table, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``table.take(order)``, a user code 0, 1, ... (non-decreasing), and the names."""
+    users = pc.dictionary_encode(table.column("user_id").combine_chunks().take(pa.array(order)))
+    return users.indices.to_numpy(), np.asarray(users.dictionary.to_pylist(), dtype=object)
+
+
+def _starts(codes: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+
+
+def _ends(codes: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.r_[codes[1:] != codes[:-1], True])
+
+
+def _ranks(sizes: np.ndarray) -> np.ndarray:
+    """``[0..sizes[0]), [0..sizes[1]), ...`` concatenated."""
+    return np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+
+
+def _windows(
+    codes: np.ndarray,
+    clicked: np.ndarray,
+    times: np.ndarray,
+    first_histories: pa.ChunkedArray | pa.Array,
+    max_length: int,
+    since: int | None,
+    names: np.ndarray,
+) -> Sequences:
+    """Every user's whole sequence cut into windows of ``max_length`` inputs.
+
+    ``codes``, ``clicked`` and ``times`` are per click, in click order
+    (grouped by user); ``first_histories`` is each user's history before their
+    first click (trained like the clicks; with ``since``, only its last
+    ``max_length`` items are kept, as inputs). Rows come grouped by user, each user's most recent
+    window first.
+    """
+    width = max_length
+    if since is None:  # the whole first history is trained; with since, L items of context
+        width = max(1, int(pc.max(pc.list_value_length(first_histories)).as_py() or 1))
+    prefix, prefix_lengths = pad_lists(first_histories, width, keep="last")
+    num_users = len(prefix_lengths)
+    clicks = np.bincount(codes, minlength=num_users)
+    total = prefix_lengths + clicks
+    offsets = np.cumsum(total) - total
+    tokens = np.zeros(int(total.sum()), np.int64)
+    trainable = np.zeros(len(tokens), bool)
+    owner = np.repeat(np.arange(num_users), prefix_lengths)
+    column = _ranks(prefix_lengths)
+    tokens[offsets[owner] + column] = prefix[owner, column]
+    if since is None:  # clicks before the table are trained too, as in windows="last"
+        trainable[offsets[owner] + column] = prefix[owner, column] >= FIRST_ITEM_INDEX
+    at = offsets[codes] + prefix_lengths[codes] + _ranks(clicks)
+    tokens[at] = clicked
+    trainable[at] = clicked >= FIRST_ITEM_INDEX
+    if since is not None:
+        trainable[at] &= times >= since
+    inputs = np.maximum(total - 1, 0)  # input positions; the target of position p is p + 1
+    count = -(-inputs // max_length)
+    owner = np.repeat(np.arange(num_users), count)
+    end = offsets[owner] + inputs[owner] - _ranks(count) * max_length
+    start = np.maximum(offsets[owner], end - max_length)
+    positions = np.arange(max_length)
+    real = positions < (end - start)[:, None]
+    index = np.where(real, start[:, None] + positions, 0)
+    after = np.where(real, index + 1, 0)
+    items = np.where(real, tokens[index], 0)
+    targets = np.where(real & trainable[after], tokens[after], 0)
+    return Sequences(
+        items=items.astype(np.int32),
+        lengths=(end - start).astype(np.int32),
+        targets=targets.astype(np.int32),
+        users=names[owner],
     )
 
 
@@ -254,26 +352,53 @@ def _clicked_items(table: pa.Table) -> np.ndarray:
     return np.where(clicked.any(axis=1), candidates[np.arange(len(labels)), clicked.argmax(1)], 0)
 
 
-def load_training_sequences(data_dir: str | Path, max_length: int) -> Sequences:
-    """:func:`sequences_from_examples` of ``train.parquet``, reading only each user's last row.
-
-    The histories of the other rows (most of the file) are never decoded.
-    """
-    path = split_path(data_dir, "train")
-    keys = pq.read_table(path, columns=["example_key", "user_id", "time"])
-    order = click_order(keys)
-    codes = pc.dictionary_encode(keys.column("user_id").combine_chunks()).indices.to_numpy()
-    sorted_codes = codes[order]
-    wanted = np.sort(order[np.flatnonzero(np.r_[sorted_codes[1:] != sorted_codes[:-1], True])])
-    columns = ["example_key", "user_id", "time", "history", "candidates", "labels"]
+def _take_rows(path: Path, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """Rows ``rows`` (sorted) of a Parquet file, reading it batch by batch."""
     pieces, offset = [], 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
-        local = wanted[(wanted >= offset) & (wanted < offset + batch.num_rows)] - offset
+        local = rows[(rows >= offset) & (rows < offset + batch.num_rows)] - offset
         if len(local):
             pieces.append(pa.Table.from_batches([batch]).take(pa.array(local)))
         offset += batch.num_rows
-    table = pa.concat_tables(pieces) if pieces else keys.slice(0, 0)
-    return sequences_from_examples(table, max_length)
+    if pieces:
+        return pa.concat_tables(pieces)
+    return pq.read_schema(path).empty_table().select(columns)
+
+
+def load_training_sequences(
+    data_dir: str | Path, max_length: int, windows: str = "last"
+) -> Sequences:
+    """:func:`sequences_from_examples` of ``train.parquet``.
+
+    Only the histories that are used are decoded (each user's last row for
+    ``windows="last"``, first row for ``"all"``), not the whole file's.
+    """
+    path = split_path(data_dir, "train")
+    if windows == "all":
+        columns = ["example_key", "user_id", "time", "candidates", "labels"]
+        table = pq.read_table(path, columns=columns)
+        if table.num_rows == 0:
+            return sequences_from_examples(table, max_length)
+        order = click_order(table)
+        codes, names = _user_codes(table, order)
+        first_rows = order[_starts(codes)]
+        wanted = np.sort(first_rows)
+        histories = _take_rows(path, wanted, ["history"]).column("history")
+        return _windows(
+            codes,
+            _clicked_items(table)[order],
+            table.column("time").to_numpy()[order],
+            histories.take(pa.array(np.searchsorted(wanted, first_rows))),
+            max_length,
+            None,
+            names,
+        )
+    keys = pq.read_table(path, columns=["example_key", "user_id", "time"])
+    order = click_order(keys)
+    codes, _ = _user_codes(keys, order)
+    wanted = np.sort(order[_ends(codes)])
+    columns = ["example_key", "user_id", "time", "history", "candidates", "labels"]
+    return sequences_from_examples(_take_rows(path, wanted, columns), max_length, windows=windows)
 
 
 def batch_indices(
@@ -753,7 +878,7 @@ def train_sequential(
         )
     length = config.model.history_length
     started = time.perf_counter()
-    sequences = load_training_sequences(data_dir, length)
+    sequences = load_training_sequences(data_dir, length, sequential.windows)
     if sequences.num_targets == 0:
         raise ValueError(f"{split_path(data_dir, 'train')} has no sequence to train on")
     logger.info(

@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from feedrec.config import Config, ModelConfig, TrainConfig
@@ -102,6 +103,67 @@ def test_since_trains_only_the_targets_clicked_in_the_window():
     seqs = sequences_from_examples(table, max_length=5, since=30)
     assert seqs.items[0].tolist() == [2, 3, 4, 0, 0]
     assert seqs.targets[0].tolist() == [0, 4, 5, 0, 0]  # targets 4 and 5 were clicked at >= 30
+
+
+def user_log(user, items, start_time=0, first_history=()):
+    """One user's click-log rows: click ``k`` at ``start_time + k`` after the earlier ones."""
+    before = list(first_history)
+    rows = []
+    for k, item in enumerate(items):
+        rows.append((user, k, start_time + k, list(before), item))
+        before.append(item)
+    return rows
+
+
+def test_all_windows_cut_the_whole_sequence_from_its_end():
+    table = examples(user_log("u", [2, 3, 4, 5, 6, 7, 8]) + user_log("v", [10, 11]))
+    seqs = sequences_from_examples(table, max_length=3, windows="all")
+    rows = {
+        (u, tuple(i[:n])): tuple(t[:n])
+        for u, i, t, n in zip(seqs.users, seqs.items, seqs.targets, seqs.lengths, strict=True)
+    }
+    assert rows == {
+        ("u", (5, 6, 7)): (6, 7, 8),
+        ("u", (2, 3, 4)): (3, 4, 5),
+        ("v", (10,)): (11,),
+    }
+    assert (seqs.items[seqs.lengths < 3][:, 1:] == 0).all()  # right-padded
+
+
+def test_all_windows_train_every_click_once_and_end_with_the_last_window():
+    rng = np.random.default_rng(3)
+    rows, tokens = [], []
+    for user in range(12):
+        clicks = rng.integers(2, 40, size=int(rng.integers(1, 30))).tolist()
+        before = rng.integers(2, 40, size=user % 3).tolist()
+        rows += user_log(f"u{user}", clicks, first_history=before)
+        tokens.append(before + clicks)
+    table = examples(rows)
+    for length in (1, 4, 7, 50):
+        every = sequences_from_examples(table, max_length=length, windows="all")
+        # every click but a user's first is a target exactly once
+        expected = sorted(sum((t[1:] for t in tokens), []))
+        assert sorted(every.targets[every.targets > 0].tolist()) == expected, length
+        assert (
+            every.items[:, 1:][every.targets[:, 1:] > 0]
+            == every.targets[:, :-1][every.targets[:, 1:] > 0]
+        ).all()
+        # the most recent window of each user is the "last" sequence
+        last = sequences_from_examples(table, max_length=length, windows="last")
+        for row, user in enumerate(last.users):
+            newest = np.flatnonzero(every.users == user)[0]
+            assert every.items[newest].tolist() == last.items[row].tolist(), (user, length)
+            assert every.targets[newest].tolist() == last.targets[row].tolist(), (user, length)
+
+
+def test_all_windows_with_since_train_only_the_new_clicks():
+    # a window's table: clicks 5, 6, 7 at times 10..12 after earlier clicks 2, 3, 4
+    table = examples(user_log("u", [5, 6, 7], start_time=10, first_history=[2, 3, 4]))
+    seqs = sequences_from_examples(table, max_length=2, since=11, windows="all")
+    assert sorted(seqs.targets[seqs.targets > 0].tolist()) == [6, 7]
+    assert 4 in seqs.items  # the click before the window is context
+    everything = sequences_from_examples(table, max_length=2, windows="all")
+    assert sorted(everything.targets[everything.targets > 0].tolist()) == [3, 4, 5, 6, 7]
 
 
 def test_click_order_breaks_time_ties_by_click_number():
@@ -267,6 +329,11 @@ def test_training_sequences_from_disk(data_dir):
     assert len(seqs) == 60
     assert (seqs.lengths == 6).all()  # 8 training clicks: 6 inputs kept, 6 targets
     assert seqs.num_targets == 60 * 6
+    every = load_training_sequences(data_dir, 6, windows="all")
+    assert every.num_targets == 60 * 7  # every training click but the first
+    expected = sequences_from_examples(pq.read_table(data_dir / "train.parquet"), 6, windows="all")
+    for field in ("items", "lengths", "targets", "users"):
+        np.testing.assert_array_equal(getattr(every, field), getattr(expected, field))
 
 
 def test_evaluation_picks_the_next_item_protocol_and_beats_the_baselines(run_dir, data_dir):
