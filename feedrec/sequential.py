@@ -310,6 +310,8 @@ def _windows(
         width = max(1, int(pc.max(pc.list_value_length(first_histories)).as_py() or 1))
     prefix, prefix_lengths = pad_lists(first_histories, width, keep="last")
     num_users = len(prefix_lengths)
+    clicked_rows = clicked != 0  # a row without a click adds nothing to the sequence
+    codes, clicked, times = codes[clicked_rows], clicked[clicked_rows], times[clicked_rows]
     clicks = np.bincount(codes, minlength=num_users)
     total = prefix_lengths + clicks
     offsets = np.cumsum(total) - total

@@ -156,6 +156,15 @@ def test_all_windows_train_every_click_once_and_end_with_the_last_window():
             assert every.targets[newest].tolist() == last.targets[row].tolist(), (user, length)
 
 
+def test_all_windows_skip_rows_without_a_click():
+    table = examples(user_log("u", [2, 3, 4]))
+    labels = pa.array([[1, 0], [0, 0], [1, 0]], pa.list_(pa.int8()))  # row 2: no click
+    table = table.set_column(table.schema.get_field_index("labels"), "labels", labels)
+    seqs = sequences_from_examples(table, max_length=5, windows="all")
+    assert seqs.items[0].tolist() == [2, 0, 0, 0, 0] and seqs.lengths.tolist() == [1]
+    assert seqs.targets[0].tolist() == [4, 0, 0, 0, 0]
+
+
 def test_all_windows_with_since_train_only_the_new_clicks():
     # a window's table: clicks 5, 6, 7 at times 10..12 after earlier clicks 2, 3, 4
     table = examples(user_log("u", [5, 6, 7], start_time=10, first_history=[2, 3, 4]))
