@@ -144,6 +144,15 @@ def pad_lists(
     return out, kept
 
 
+def positions_within(sizes: np.ndarray) -> np.ndarray:
+    """Each element's position within its group: ``[0..sizes[0]), [0..sizes[1]), ...``.
+
+    For flattened ragged data: ``sizes`` are the group lengths, in order.
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+
+
 def make_dataset(batch: Batch, batch_size: int, *, shuffle: bool = False, seed: int = 0):
     """A ``tf.data.Dataset`` of ``(features, labels)`` batches, prefetched."""
     import tensorflow as tf

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from feedrec.config import Config
-from feedrec.data import Batch, load_split, pad_lists, split_path
+from feedrec.data import Batch, load_split, pad_lists, positions_within, split_path
 from feedrec.runs import atomic_directory, read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -283,11 +283,6 @@ def _ends(codes: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[codes[1:] != codes[:-1], True])
 
 
-def _ranks(sizes: np.ndarray) -> np.ndarray:
-    """``[0..sizes[0]), [0..sizes[1]), ...`` concatenated."""
-    return np.arange(int(sizes.sum())) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-
-
 def _windows(
     codes: np.ndarray,
     clicked: np.ndarray,
@@ -318,11 +313,11 @@ def _windows(
     tokens = np.zeros(int(total.sum()), np.int64)
     trainable = np.zeros(len(tokens), bool)
     owner = np.repeat(np.arange(num_users), prefix_lengths)
-    column = _ranks(prefix_lengths)
+    column = positions_within(prefix_lengths)
     tokens[offsets[owner] + column] = prefix[owner, column]
     if since is None:  # clicks before the table are trained too, as in windows="last"
         trainable[offsets[owner] + column] = prefix[owner, column] >= FIRST_ITEM_INDEX
-    at = offsets[codes] + prefix_lengths[codes] + _ranks(clicks)
+    at = offsets[codes] + prefix_lengths[codes] + positions_within(clicks)
     tokens[at] = clicked
     trainable[at] = clicked >= FIRST_ITEM_INDEX
     if since is not None:
@@ -330,7 +325,7 @@ def _windows(
     inputs = np.maximum(total - 1, 0)  # input positions; the target of position p is p + 1
     count = -(-inputs // max_length)
     owner = np.repeat(np.arange(num_users), count)
-    end = offsets[owner] + inputs[owner] - _ranks(count) * max_length
+    end = offsets[owner] + inputs[owner] - positions_within(count) * max_length
     start = np.maximum(offsets[owner], end - max_length)
     positions = np.arange(max_length)
     real = positions < (end - start)[:, None]

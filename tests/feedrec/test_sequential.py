@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from feedrec.config import Config, ModelConfig, TrainConfig
-from feedrec.data import load_split
+from feedrec.data import Batch, load_split
 from feedrec.evaluation import (
     click_log,
     earlier_items,
@@ -407,3 +407,40 @@ def test_train_sequential_checks_its_directories_before_any_work(data_dir, tmp_p
     with pytest.raises(FileExistsError, match="pass --overwrite"):
         train_sequential(data_dir, taken)
     assert (taken / "keep.txt").read_text() == "x"
+
+
+def test_earlier_items_equal_a_per_row_union_on_random_logs():
+    rng = np.random.default_rng(7)
+    log = pa.table(
+        {
+            "user_id": rng.choice(["a", "b", "c", "d"], 300).tolist(),
+            "time": pa.array(rng.integers(0, 50, 300) * 1_000_000_000_000, pa.int64()),
+            "item": pa.array(rng.integers(2, 40, 300), pa.int64()),
+        }
+    )
+    n, width = 25, 6
+    lengths = rng.integers(0, width + 1, n).astype(np.int32)
+    history = rng.integers(2, 60, (n, width)).astype(np.int32)
+    history[np.arange(width) >= lengths[:, None]] = 0
+    queries = pa.table(
+        {
+            "user_id": rng.choice(["a", "b", "c", "e"], n).tolist(),  # e: no earlier clicks
+            "time": pa.array(rng.integers(0, 50, n) * 1_000_000_000_000, pa.int64()),
+        }
+    )
+    batch = Batch(
+        history, lengths, np.zeros((n, 1), np.int32), np.ones((n, 1), np.float32), queries
+    )
+    found = earlier_items(log, batch)
+    users, times, items = (log.column(c).to_numpy(zero_copy_only=False) for c in log.column_names)
+    for row in range(n):
+        user, time = queries["user_id"][row].as_py(), queries["time"][row].as_py()
+        before = items[(users == user) & (times < time)]  # strictly before: ties excluded
+        expected = np.union1d(before, history[row, : lengths[row]])
+        np.testing.assert_array_equal(found[row], expected)
+    assert (
+        earlier_items(
+            log, Batch(history[:0], lengths[:0], history[:0], history[:0], queries.slice(0, 0))
+        )
+        == []
+    )
