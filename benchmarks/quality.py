@@ -3,7 +3,7 @@
 Usage (from the repository root; the data lives in ``../shared/data``)::
 
     python benchmarks/quality.py --dataset ml-1m
-    python benchmarks/quality.py --dataset ml-1m --config benchmarks/configs/ml-1m-9min.toml
+    python benchmarks/quality.py --dataset ml-1m --config my-ml-1m.toml --seeds 0 --out /tmp/ml-1m.json
     python benchmarks/quality.py --dataset globo-g1
     python benchmarks/quality.py --dataset mind
 
