@@ -10,9 +10,11 @@ is exactly what the position of that click was trained to be.
 
 Training data come from the prepared examples (``train.parquet``): per user,
 the last training example's history plus its clicked item is the training
-sequence (its most recent ``L + 1`` clicks: ``L`` inputs, ``L`` targets). For
-incremental training on a time window, only the positions whose target falls
-in the window are trained (``since``).
+sequence (its most recent ``L + 1`` clicks: ``L`` inputs, ``L`` targets), or,
+with ``windows="all"``, the user's whole click sequence cut into windows of
+``L`` inputs, so that every click is a target. For incremental training on a
+time window, only the positions whose target falls in the window are trained
+(``since``).
 
 The run directory has the layout of ``feedrec train`` (``model.keras`` is the
 plain :class:`feedrec.models.FeedRecModel`), so ``feedrec evaluate`` and
@@ -297,8 +299,8 @@ def _windows(
     ``codes``, ``clicked`` and ``times`` are per click, in click order
     (grouped by user); ``first_histories`` is each user's history before their
     first click (trained like the clicks; with ``since``, only its last
-    ``max_length`` items are kept, as inputs). Rows come grouped by user, each user's most recent
-    window first.
+    ``max_length`` items are kept, as inputs). Rows come grouped by user, each
+    user's most recent window first.
     """
     width = max_length
     if since is None:  # the whole first history is trained; with since, L items of context
