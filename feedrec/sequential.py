@@ -232,19 +232,12 @@ def sequences_from_examples(
     if table.num_rows == 0:
         empty = np.zeros((0, max_length), np.int32)
         return Sequences(empty, np.zeros(0, np.int32), empty.copy(), np.zeros(0, object))
+    if windows == "all":
+        return _all_windows(
+            table, max_length, since, lambda rows: table.column("history").take(pa.array(rows))
+        )
     order = click_order(table)
     codes, names = _user_codes(table, order)
-    if windows == "all":
-        first_rows = order[_starts(codes)]
-        return _windows(
-            codes,
-            _clicked_items(table)[order],
-            table.column("time").to_numpy()[order],
-            table.column("history").take(pa.array(first_rows)),
-            max_length,
-            since,
-            names,
-        )
     n = len(names)
     last = table.take(pa.array(order[_ends(codes)]))
     histories, history_lengths = pad_lists(last.column("history"), max_length, keep="last")
@@ -268,6 +261,24 @@ def sequences_from_examples(
         lengths=lengths,
         targets=np.where(targets >= FIRST_ITEM_INDEX, targets, 0).astype(np.int32),
         users=names,
+    )
+
+
+def _all_windows(table: pa.Table, max_length: int, since: int | None, first_histories) -> Sequences:
+    """``windows="all"`` of ``table``; ``first_histories(rows)`` is the history column at ``rows``.
+
+    (A callable, so that a reader can decode only the rows it needs.)
+    """
+    order = click_order(table)
+    codes, names = _user_codes(table, order)
+    return _windows(
+        codes,
+        _clicked_items(table)[order],
+        table.column("time").to_numpy()[order],
+        first_histories(order[_starts(codes)]),
+        max_length,
+        since,
+        names,
     )
 
 
@@ -378,20 +389,13 @@ def load_training_sequences(
         table = pq.read_table(path, columns=columns)
         if table.num_rows == 0:
             return sequences_from_examples(table, max_length)
-        order = click_order(table)
-        codes, names = _user_codes(table, order)
-        first_rows = order[_starts(codes)]
-        wanted = np.sort(first_rows)
-        histories = _take_rows(path, wanted, ["history"]).column("history")
-        return _windows(
-            codes,
-            _clicked_items(table)[order],
-            table.column("time").to_numpy()[order],
-            histories.take(pa.array(np.searchsorted(wanted, first_rows))),
-            max_length,
-            None,
-            names,
-        )
+
+        def first_histories(rows: np.ndarray) -> pa.ChunkedArray:
+            wanted = np.sort(rows)
+            found = _take_rows(path, wanted, ["history"]).column("history")
+            return found.take(pa.array(np.searchsorted(wanted, rows)))
+
+        return _all_windows(table, max_length, None, first_histories)
     keys = pq.read_table(path, columns=["example_key", "user_id", "time"])
     order = click_order(keys)
     codes, _ = _user_codes(keys, order)
