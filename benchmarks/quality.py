@@ -3,7 +3,8 @@
 Usage (from the repository root; the data lives in ``../shared/data``)::
 
     python benchmarks/quality.py --dataset ml-1m
-    python benchmarks/quality.py --dataset ml-1m --config my-ml-1m.toml --seeds 0 --out /tmp/ml-1m.json
+    python benchmarks/quality.py --dataset ml-1m --config my-ml-1m.toml --seeds 0 \\
+        --out /tmp/ml-1m.json
     python benchmarks/quality.py --dataset globo-g1
     python benchmarks/quality.py --dataset mind
 
@@ -50,7 +51,6 @@ import shlex
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +67,6 @@ DATASETS = {
     "globo-g1": {"format": "globo", "inputs": ["globo-news-clicks/clicks_hour_000-309.zip"]},
     "mind": {"format": "mind", "inputs": ["mind-small-subset"]},
 }
-SECTIONS = ("benchmark", "prepare", "model", "train", "sequential", "evaluation", "incremental")
 HOUR_MS = 3_600_000
 
 logger = logging.getLogger("quality")
@@ -78,10 +77,9 @@ logger = logging.getLogger("quality")
 
 def load_spec(path: Path) -> dict[str, dict]:
     """The sections of a benchmark config (unknown sections are an error)."""
-    spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    unknown = sorted(set(spec) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    from feedrec.config import SECTIONS, read_config_file
+
+    spec = read_config_file(path)
     return {name: dict(spec.get(name, {})) for name in SECTIONS}
 
 

@@ -195,48 +195,85 @@ class Config:
         return dataclasses.replace(self, **sections)
 
 
+#: Tables of a config file that belong to other commands (``prepare``, the
+#: benchmarks); ``feedrec train`` ignores them, so one file can serve all.
+OTHER_SECTIONS = ("prepare", "benchmark", "evaluation", "incremental")
+#: Every table a config file may have (``sequential``: ``feedrec.sequential``).
+SECTIONS = ("model", "train", "sequential", *OTHER_SECTIONS)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The tables of a ``.toml``, ``.json`` or ``.yaml``/``.yml`` config file.
+
+    Tables outside ``SECTIONS`` (a typo such as ``[modle]``) are refused.
+
+    The one parser of config files: ``feedrec train``, ``feedrec prepare`` and
+    the benchmarks all read through it. Raises ``FileNotFoundError`` or a
+    ``ValueError`` naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as err:  # pragma: no cover - depends on environment
+                raise ValueError(
+                    f"{path}: reading YAML needs PyYAML (`pip install pyyaml`); "
+                    "or use a .toml or .json config"
+                ) from err
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path}: not valid YAML: {err}") from err
+        else:
+            raise ValueError(
+                f"{path}: unsupported config format {suffix!r}; expected .toml, .json or .yaml"
+            )
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid {suffix[1:].upper()}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected tables of settings at the top level, received {data!r}")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    return data
+
+
+def with_overrides(
+    data: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
+) -> dict[str, Any]:
+    """``data`` with each section updated by ``overrides``; None values are ignored
+    (so CLI flags left unset keep the file's value)."""
+    data = dict(data)
+    for section, values in (overrides or {}).items():
+        data[section] = {
+            **data.get(section, {}),
+            **{k: v for k, v in values.items() if v is not None},
+        }
+    return data
+
+
 def load_config(
     path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None
 ) -> Config:
     """Read a config file (``.toml``, ``.json``, ``.yaml``/``.yml``) and apply overrides.
 
     ``overrides`` maps a section to field values, e.g. ``{"train": {"epochs": 2}}``;
-    ``None`` values are ignored so CLI flags left unset keep the file's value.
+    ``None`` values are ignored so CLI flags left unset keep the file's value. The
+    tables of other commands (``OTHER_SECTIONS``) are ignored.
     """
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        suffix = path.suffix.lower()
-        try:
-            if suffix == ".toml":
-                data = tomllib.loads(text)
-            elif suffix == ".json":
-                data = json.loads(text)
-            elif suffix in (".yaml", ".yml"):
-                try:
-                    import yaml
-                except ImportError as err:  # pragma: no cover - depends on environment
-                    raise ValueError(
-                        f"{path}: reading YAML needs PyYAML (`pip install pyyaml`); "
-                        "or use a .toml or .json config"
-                    ) from err
-                data = yaml.safe_load(text) or {}
-            else:
-                raise ValueError(
-                    f"{path}: unsupported config format {suffix!r}; expected .toml, .json or .yaml"
-                )
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{path}: not valid {suffix[1:].upper()}: {err}") from err
-    for section, values in (overrides or {}).items():
-        merged = dict(data.get(section, {}))
-        merged.update({k: v for k, v in values.items() if v is not None})
-        data[section] = merged
-    return Config.from_dict(data, source=source)
+    data = read_config_file(path) if path is not None else {}
+    data = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
+    source = str(path) if path is not None else "defaults"
+    return Config.from_dict(with_overrides(data, overrides), source=source)
 
 
 def _section(cls, values: dict[str, Any], source: str):

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 def say(*args) -> None:
     print(*args, flush=True)
 
+
 #: The demo's model and training settings (small enough for 2 CPU cores).
 DEMO_CONFIG = Config(
     model=ModelConfig(

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feedrec.config import Config
+from feedrec.config import OTHER_SECTIONS, Config, read_config_file, with_overrides
 from feedrec.data import Batch, load_split, pad_lists, positions_within, split_path
 from feedrec.runs import atomic_directory, read_json, write_json
 
@@ -871,6 +871,13 @@ def train_sequential(
 
     config = config or Config()
     sequential = sequential or SequentialConfig()
+    if config.train.distribute != "none" or config.train.mixed_precision == "bfloat16":
+        raise ValueError(
+            "the next-item objective ([sequential]) trains on one device in float32; "
+            f"received train.distribute={config.train.distribute!r}, "
+            f"train.mixed_precision={config.train.mixed_precision!r} "
+            "(use distribute='none' and mixed_precision 'auto' or 'off')"
+        )
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     manifest = check_directories(data_dir, out_dir, overwrite)
     if config.model.pooling != "last":
@@ -951,39 +958,23 @@ def train_sequential(
     return history
 
 
-#: Sections of a benchmark config that ``feedrec train`` ignores.
-BENCHMARK_SECTIONS = ("benchmark", "prepare", "evaluation", "incremental")
-
-
 def load_sequential_config(
     path: str | Path, overrides: dict[str, dict[str, Any]] | None = None
 ) -> tuple[Config, SequentialConfig] | None:
-    """Read a TOML/JSON config with a ``[sequential]`` table; None if it has none.
+    """Read a config file with a ``[sequential]`` table; None if it has none.
 
     ``[model]`` and ``[train]`` become a :class:`feedrec.config.Config` (with
     ``overrides``, e.g. CLI flags; None values are ignored), ``[sequential]`` a
-    :class:`SequentialConfig`; the benchmark-only tables (``BENCHMARK_SECTIONS``)
-    are ignored, so ``benchmarks/configs/ml-1m.toml`` works with ``feedrec train``.
+    :class:`SequentialConfig`; the tables of other commands
+    (``feedrec.config.OTHER_SECTIONS``) are ignored, so
+    ``benchmarks/configs/ml-1m.toml`` works with ``feedrec train``.
     """
-    import json
-    import tomllib
-
-    path = Path(path)
-    if path.suffix.lower() not in (".toml", ".json") or not path.is_file():
-        return None
-    text = path.read_text(encoding="utf-8")
-    data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    data = read_config_file(path)
     if "sequential" not in data:
         return None
     sequential = SequentialConfig.from_dict(data.pop("sequential"), f"{path}: [sequential]")
-    for name in BENCHMARK_SECTIONS:
-        data.pop(name, None)
-    for section, values in (overrides or {}).items():
-        data[section] = {
-            **data.get(section, {}),
-            **{k: v for k, v in values.items() if v is not None},
-        }
-    return Config.from_dict(data, source=str(path)), sequential
+    data = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
+    return Config.from_dict(with_overrides(data, overrides), source=str(path)), sequential
 
 
 def train_from_cli(args) -> bool:
@@ -998,6 +989,8 @@ def train_from_cli(args) -> bool:
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
             "seed": args.seed,
+            "distribute": args.distribute,
+            "mixed_precision": args.mixed_precision,
         },
         "model": {"history_length": args.history_length, "pooling": args.pooling},
     }

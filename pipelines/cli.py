@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
 
+from feedrec.config import read_config_file  # plain Python: no TensorFlow
 from pipelines.prepare import ENGINES, FORMATS, PrepareOptions, prepare
 from pipelines.schema import SPLITS
 
@@ -101,25 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_prepare_config(path: str | Path | None) -> dict[str, Any]:
-    """The ``[prepare]`` table of a TOML or JSON file, with keys as option names."""
+    """The ``[prepare]`` table of a TOML, JSON or YAML file, with keys as option names."""
     if path is None:
         return {}
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            raise ValueError(
-                f"{path}: unsupported config format {path.suffix!r}; use .toml or .json"
-            )
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid {path.suffix[1:].upper()}: {err}") from err
-    section = data.get("prepare", {}) if isinstance(data, dict) else None
+    data = read_config_file(path)
+    section = data.get("prepare", {})
     if not isinstance(section, dict):
         raise ValueError(f"{path}: [prepare] should be a table of settings, received {section!r}")
     values = {key.replace("-", "_"): value for key, value in section.items()}

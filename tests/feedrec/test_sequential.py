@@ -409,6 +409,22 @@ def test_train_sequential_checks_its_directories_before_any_work(data_dir, tmp_p
     assert (taken / "keep.txt").read_text() == "x"
 
 
+def test_cli_refuses_what_the_next_item_objective_does_not_do(data_dir, tmp_path, capsys):
+    from feedrec.cli import main
+
+    config = tmp_path / "seq.yaml"
+    pytest.importorskip("yaml", reason="PyYAML is optional: YAML configs need it")
+    config.write_text("model:\n  history_length: 6\nsequential:\n  validate_every: 1\n")
+    run = tmp_path / "run"
+    argv = ["train", str(data_dir), "--out", str(run), "--config", str(config)]
+    assert main([*argv, "--distribute", "mirrored"]) != 0
+    err = capsys.readouterr().err
+    assert "trains on one device in float32" in err and "distribute='mirrored'" in err
+    assert main([*argv, "--mixed-precision", "bfloat16"]) != 0
+    assert "mixed_precision='bfloat16'" in capsys.readouterr().err
+    assert not run.exists()
+
+
 def test_earlier_items_equal_a_per_row_union_on_random_logs():
     rng = np.random.default_rng(7)
     log = pa.table(

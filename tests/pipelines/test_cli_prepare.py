@@ -87,6 +87,10 @@ def test_config_file_and_flags_precedence(tmp_path, log):
     json_config = tmp_path / "prepare.json"
     json_config.write_text(json.dumps({"prepare": {"seed": 9}}))
     assert load_prepare_config(json_config) == {"seed": 9}
+    pytest.importorskip("yaml", reason="PyYAML is optional: YAML configs need it")
+    yaml_config = tmp_path / "prepare.yaml"
+    yaml_config.write_text("prepare:\n  seed: 9\n  history-length: 7\n")
+    assert load_prepare_config(yaml_config) == {"seed": 9, "history_length": 7}
 
 
 def test_bad_row_exits_2_with_one_line(tmp_path, log, capsys):
