@@ -51,6 +51,7 @@ import shlex
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,32 @@ def load_spec(path: Path) -> dict[str, dict]:
 
     spec = read_config_file(path)
     return {name: dict(spec.get(name, {})) for name in SECTIONS}
+
+
+#: Tables whose keys are checked by the code that reads them (an unknown key is an
+#: error there); in the other tables ``--set`` may only change a key the file has.
+CHECKED_TABLES = ("prepare", "model", "train", "sequential")
+
+
+def apply_setting(spec: dict[str, dict], setting: str) -> None:
+    """Apply one ``--set TABLE.KEY=VALUE`` (VALUE in TOML syntax) to ``spec``."""
+    name, sep, text = setting.partition("=")
+    table, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        raise SystemExit(f"--set {setting!r}: expected TABLE.KEY=VALUE, e.g. train.epochs=3")
+    if table not in spec:
+        raise SystemExit(f"--set {setting!r}: unknown table {table!r}; known: {list(spec)}")
+    if table not in CHECKED_TABLES and key not in spec[table]:
+        raise SystemExit(
+            f"--set {setting!r}: [{table}] has no key {key!r}; known: {sorted(spec[table])}"
+        )
+    try:
+        value = tomllib.loads(f"value = {text.strip()}")["value"]
+    except tomllib.TOMLDecodeError as err:
+        raise SystemExit(
+            f"--set {setting!r}: VALUE is not TOML ({err}); quote strings: KEY='\"text\"'"
+        ) from err
+    spec[table][key] = value
 
 
 def model_config(spec: dict, seed: int):
@@ -609,6 +636,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-windows", type=int, help="globo-g1: evaluate only this many windows (smoke runs)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="TABLE.KEY=VALUE",
+        help="override one config setting, VALUE in TOML syntax (e.g. "
+        "incremental.epochs_per_window=2, sequential.schedule='\"cosine\"'); repeatable",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -621,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or list(spec["benchmark"].get("seeds", [0, 1, 2]))
     if args.max_windows:
         spec["incremental"]["max_windows"] = args.max_windows
+    for setting in args.set:
+        apply_setting(spec, setting)
     args.workdir.mkdir(parents=True, exist_ok=True)
     state = git_state()
     meter = LoadMeter()

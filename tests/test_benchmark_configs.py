@@ -1,0 +1,45 @@
+"""The benchmark configs load, and ``benchmarks/quality.py --set`` changes only what it names."""
+
+import pytest
+
+from benchmarks.quality import CONFIGS, apply_setting, load_spec, model_config
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_benchmark_config_builds_its_model_config(path):
+    spec = load_spec(path)
+    assert spec["benchmark"]["name"] == path.stem
+    config = model_config(spec, seed=3)
+    assert config.train.seed == 3
+    assert config.model.history_length == spec["model"]["history_length"]
+
+
+def test_set_overrides_one_key_in_toml_syntax():
+    spec = load_spec(CONFIGS / "globo-g1.toml")
+    before = {table: dict(values) for table, values in spec.items()}
+    apply_setting(spec, "incremental.epochs_per_window=2")
+    apply_setting(spec, "sequential.schedule = 'cosine'")
+    assert spec["incremental"]["epochs_per_window"] == 2
+    assert spec["sequential"]["schedule"] == "cosine"
+    changed = {
+        (table, key)
+        for table, values in spec.items()
+        for key in values
+        if before[table].get(key, object()) != values[key]
+    }
+    assert changed == {("incremental", "epochs_per_window"), ("sequential", "schedule")}
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("incremental.epochs_per_windw=2", "has no key 'epochs_per_windw'"),
+        ("incremntal.epochs_per_window=2", "unknown table 'incremntal'"),
+        ("train.epochs=two", "VALUE is not TOML"),
+        ("epochs=2", "expected TABLE.KEY=VALUE"),
+    ],
+)
+def test_set_refuses_what_it_cannot_apply(setting, message):
+    spec = load_spec(CONFIGS / "globo-g1.toml")
+    with pytest.raises(SystemExit, match=message):
+        apply_setting(spec, setting)
