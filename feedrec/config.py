@@ -271,6 +271,11 @@ def load_config(
     tables of other commands (``OTHER_SECTIONS``) are ignored.
     """
     data = read_config_file(path) if path is not None else {}
+    if "sequential" in data:
+        raise ValueError(
+            f"{path}: has a [sequential] table (the next-item objective); read it with "
+            "feedrec.sequential.load_sequential_config, as `feedrec train` does"
+        )
     data = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
     source = str(path) if path is not None else "defaults"
     return Config.from_dict(with_overrides(data, overrides), source=source)

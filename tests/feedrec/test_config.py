@@ -61,6 +61,9 @@ def test_one_file_for_every_command(tmp_path):
         "[evaluation]\nsplit = 'test'\n[incremental]\nepochs_per_window = 2\n"
     )
     assert load_config(path).model.pooling == "mean"
+    path.write_text("[sequential]\nwindows = 'all'\n")
+    with pytest.raises(ValueError, match=r"\[sequential\] table.*load_sequential_config"):
+        load_config(path)
     path.write_text("[modle]\npooling = 'mean'\n")
     with pytest.raises(ValueError, match=r"unknown section\(s\) \['modle'\]"):
         load_config(path)
