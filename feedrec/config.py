@@ -205,11 +205,11 @@ SECTIONS = ("model", "train", "sequential", *OTHER_SECTIONS)
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The tables of a ``.toml``, ``.json`` or ``.yaml``/``.yml`` config file.
 
-    Tables outside ``SECTIONS`` (a typo such as ``[modle]``) are refused.
-
     The one parser of config files: ``feedrec train``, ``feedrec prepare`` and
-    the benchmarks all read through it. Raises ``FileNotFoundError`` or a
-    ``ValueError`` naming the file and what is wrong with it.
+    the benchmarks all read through it. Tables outside ``SECTIONS`` (a typo such
+    as ``[modle]``) and tables that are not tables of settings are refused.
+    Raises ``FileNotFoundError`` or a ``ValueError`` naming the file and what is
+    wrong with it.
     """
     path = Path(path)
     if not path.is_file():
@@ -244,6 +244,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ValueError(f"{path}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    for name, table in data.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [{name}] should be a table of settings, received {table!r}")
     return data
 
 

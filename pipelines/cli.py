@@ -105,8 +105,6 @@ def load_prepare_config(path: str | Path | None) -> dict[str, Any]:
         return {}
     data = read_config_file(path)
     section = data.get("prepare", {})
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: [prepare] should be a table of settings, received {section!r}")
     values = {key.replace("-", "_"): value for key, value in section.items()}
     unknown = sorted(set(values) - set(_OPTION_NAMES))
     if unknown:

@@ -76,6 +76,7 @@ def test_one_file_for_every_command(tmp_path):
         ("c.json", "{", r"c.json: not valid JSON"),
         ("c.ini", "[model]\n", r"c.ini: unsupported config format '.ini'"),
         ("c.json", "[1, 2]", r"c.json: expected tables of settings"),
+        ("c.toml", "model = 3\n", r"c.toml: \[model\] should be a table of settings, received 3"),
         ("c.toml", "[modle]\nx = 1\n", r"c.toml: unknown section\(s\) \[.modle.\]"),
     ],
 )
