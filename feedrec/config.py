@@ -250,18 +250,25 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def with_overrides(
-    data: dict[str, Any], overrides: dict[str, dict[str, Any]] | None
-) -> dict[str, Any]:
-    """``data`` with each section updated by ``overrides``; None values are ignored
-    (so CLI flags left unset keep the file's value)."""
-    data = dict(data)
+def config_from_tables(
+    data: dict[str, Any],
+    overrides: dict[str, dict[str, Any]] | None = None,
+    *,
+    source: str = "config",
+) -> Config:
+    """A :class:`Config` from a config file's tables (``read_config_file``).
+
+    The tables of other commands (``OTHER_SECTIONS``) are ignored; ``overrides``
+    update the sections, None values ignored (CLI flags left unset keep the
+    file's value).
+    """
+    data = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
     for section, values in (overrides or {}).items():
         data[section] = {
             **data.get(section, {}),
             **{k: v for k, v in values.items() if v is not None},
         }
-    return data
+    return Config.from_dict(data, source=source)
 
 
 def load_config(
@@ -279,9 +286,8 @@ def load_config(
             f"{path}: has a [sequential] table (the next-item objective); read it with "
             "feedrec.sequential.load_sequential_config, as `feedrec train` does"
         )
-    data = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
     source = str(path) if path is not None else "defaults"
-    return Config.from_dict(with_overrides(data, overrides), source=source)
+    return config_from_tables(data, overrides, source=source)
 
 
 def _section(cls, values: dict[str, Any], source: str):

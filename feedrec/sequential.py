@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from feedrec.config import OTHER_SECTIONS, Config, read_config_file, with_overrides
+from feedrec.config import Config, config_from_tables, read_config_file
 from feedrec.data import Batch, load_split, pad_lists, positions_within, split_path
 from feedrec.runs import atomic_directory, read_json, write_json
 
@@ -973,8 +973,7 @@ def load_sequential_config(
     if "sequential" not in data:
         return None
     sequential = SequentialConfig.from_dict(data.pop("sequential"), f"{path}: [sequential]")
-    data = {k: v for k, v in data.items() if k not in OTHER_SECTIONS}
-    return Config.from_dict(with_overrides(data, overrides), source=str(path)), sequential
+    return config_from_tables(data, overrides, source=str(path)), sequential
 
 
 def train_from_cli(args) -> bool:
