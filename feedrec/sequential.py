@@ -20,6 +20,9 @@ The run directory has the layout of ``feedrec train`` (``model.keras`` is the
 plain :class:`feedrec.models.FeedRecModel`), so ``feedrec evaluate`` and
 ``feedrec export`` work on it; ``sequential.json`` records the objective.
 
+Training is checkpointed in ``RUN_DIR.partial/`` at every epoch end and resumes
+there when the same call is made again (:func:`train_sequential`).
+
 Settings (:class:`SequentialConfig`) sit in a ``[sequential]`` table beside
 ``[model]`` and ``[train]``; see ``benchmarks/configs/`` for examples.
 """
@@ -29,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -455,18 +459,25 @@ def count_batches(sequences: Sequences, batch_size: int, pool: int = 64) -> int:
     return full * pool + -(-rest // batch_size)
 
 
-def sequence_dataset(sequences: Sequences, batch_size: int, seed: int, width_multiple: int = 16):
+def sequence_dataset(
+    sequences: Sequences,
+    batch_size: int,
+    seed: int,
+    width_multiple: int = 16,
+    first_epoch: int = 0,
+):
     """A ``tf.data.Dataset`` of :func:`sequence_batches`, reshuffled every epoch.
 
     Each pass over the dataset (each Keras epoch) draws a new batch order from
-    ``numpy.random.default_rng([seed, epoch])``. Shapes are declared
-    ``(None, None)``, so batches of any width share one traced step.
+    ``numpy.random.default_rng([seed, epoch])``, the first pass being epoch
+    ``first_epoch`` (a resumed training continues the same orders). Shapes are
+    declared ``(None, None)``, so batches of any width share one traced step.
     """
     import itertools
 
     import tensorflow as tf
 
-    epochs = itertools.count()
+    epochs = itertools.count(first_epoch)
 
     def generate():
         rng = np.random.default_rng([seed, next(epochs)])
@@ -692,9 +703,25 @@ def NextItemValidation(  # noqa: N802 - factory that returns a keras Callback
             self.validations: list[dict] = []
             self.started = None
             self.stopped_for_time = False
+            self.seconds_before = 0.0  # training time of the runs this one resumes
+
+        def state(self) -> dict:
+            """What a resumed training needs (the best weights are kept apart)."""
+            return {
+                "best": None if self.best_epoch < 0 else float(self.best),
+                "best_epoch": self.best_epoch,
+                "waited": self.waited,
+                "validations": self.validations,
+            }
+
+        def resume(self, state: dict, best_weights, seconds_before: float) -> None:
+            self.best = -np.inf if state["best"] is None else state["best"]
+            self.best_epoch, self.waited = state["best_epoch"], state["waited"]
+            self.validations = list(state["validations"])
+            self.best_weights, self.seconds_before = best_weights, seconds_before
 
         def on_train_begin(self, logs=None):
-            self.started = time.perf_counter()
+            self.started = time.perf_counter() - self.seconds_before
 
         def on_train_batch_end(self, batch, logs=None):
             if max_train_seconds and time.perf_counter() - self.started > max_train_seconds:
@@ -838,6 +865,82 @@ def compile_trainer(
     return trainer
 
 
+def _EpochCheckpoints(  # noqa: N802 - factory that returns a keras Callback
+    progress, state: dict, validation, partial: Path, writers: dict, seconds_before: float
+):
+    """Checkpoint the training at every epoch end; write TensorBoard scalars; stop on NaN.
+
+    Runs after the validation callback, so an epoch's checkpoint holds its
+    validation: the weights, optimizer and sampler (``progress``, a
+    ``feedrec.training._Progress``), and in ``state`` the epochs done, the
+    history so far, the validation state and the training seconds. The best
+    weights go to ``best-epoch<N>.npz`` in ``partial`` before the checkpoint
+    that names them.
+    """
+    import keras
+
+    from feedrec.training import NonFiniteLossError, write_scalars
+
+    class EpochCheckpoints(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = float((logs or {}).get("loss", 0.0))
+            if not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"the training loss is {loss} at batch {batch + 1} of epoch "
+                    f"{state['epoch'] + 1}; training stopped. The last good checkpoint is "
+                    f"{progress.latest or 'none (no epoch finished yet)'}; lower the "
+                    "learning rate or check the data, then train again with --overwrite"
+                )
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            for name, value in logs.items():
+                state["history"].setdefault(name, []).append(value)
+            step = int(self.model.optimizer.iterations.numpy())
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            scalars = {"epoch_loss": logs.get("loss", np.nan), "learning_rate": rate}
+            write_scalars(writers["train"], step, scalars)
+            state["epoch"] = epoch + 1
+            state["train_seconds"] = seconds_before + time.perf_counter() - self.started
+            if validation is not None:
+                records = validation.validations
+                validated = bool(records) and records[-1]["epoch"] == epoch + 1
+                if validated:
+                    record = validation.validations[-1]
+                    write_scalars(
+                        writers["validation"],
+                        step,
+                        {k: v for k, v in record.items() if k not in ("epoch", "seconds")},
+                    )
+                if validated and validation.best_epoch == epoch:
+                    save_weights(partial / f"best-epoch{epoch + 1}.npz", validation.best_weights)
+                state["validation"] = validation.state()
+            progress.save({**state, "step": epoch + 1})
+            keep = f"best-epoch{(validation.best_epoch + 1) if validation else 0}.npz"
+            for old in partial.glob("best-epoch*.npz"):
+                if old.name != keep:
+                    old.unlink()
+
+    return EpochCheckpoints()
+
+
+def save_weights(path: Path, weights: list[np.ndarray]) -> None:
+    """``weights`` (``model.get_weights()``) to an ``.npz``, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as file:
+        np.savez(file, *weights)
+    tmp.replace(path)
+
+
+def load_weights(path: Path) -> list[np.ndarray]:
+    """The weights :func:`save_weights` wrote, in order."""
+    with np.load(path, allow_pickle=False) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+
 def train_sequential(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -846,8 +949,17 @@ def train_sequential(
     *,
     overwrite: bool = False,
     verbose: int | None = None,
+    callbacks: list | None = None,
 ) -> dict:
     """Train a causal next-item recommender on ``DATA_DIR`` and write ``RUN_DIR``.
+
+    Crash safety: the training is checkpointed in ``RUN_DIR.partial/`` at the
+    end of every epoch (weights, optimizer, sampler, history, validation
+    state and best weights; TensorBoard scalars in ``logs/``); the same call
+    after a crash resumes at the last finished epoch and ends with the same
+    weights as an uninterrupted run (each epoch's batch order is a function
+    of ``(seed, epoch)``). A partial training of another config or data is
+    refused (discarded with ``overwrite``).
 
     Args:
         data_dir: a click-log or sequences directory from ``feedrec prepare``.
@@ -860,14 +972,27 @@ def train_sequential(
         overwrite: replace a non-empty ``out_dir``.
         verbose: Keras verbosity; None = a progress bar on a terminal, one
             line per epoch otherwise.
+        callbacks: more Keras callbacks, called after feedrec's own (the
+            validation, then the epoch checkpoint).
 
     Returns:
         The training history: per-epoch loss, validations, best epoch, seconds.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite (the last epoch's
+            checkpoint stays in ``RUN_DIR.partial/``).
     """
     import keras
 
     from feedrec.evaluation import click_log, earlier_items, item_counts
-    from feedrec.training import check_directories
+    from feedrec.runs import CHECKPOINTS, LOGS, partial_dir
+    from feedrec.training import (
+        _fingerprint,
+        _open_partial,
+        _Progress,
+        _summary_writers,
+        check_directories,
+    )
 
     config = config or Config()
     sequential = sequential or SequentialConfig()
@@ -897,45 +1022,85 @@ def train_sequential(
     keras.utils.set_random_seed(config.train.seed)
     model, vocab_sizes = build_sequential_model(config, data_dir, sequential)
     counts = item_counts(data_dir / "items.parquet")
-    batches = sequence_dataset(
-        sequences, config.train.batch_size, config.train.seed, sequential.width_multiple
-    )
     steps = count_batches(sequences, config.train.batch_size)
     trainer = compile_trainer(model, config, sequential, config.train.epochs * steps, counts=counts)
-    callbacks = []
+    trainer.optimizer.build(trainer.trainable_variables)  # its slots are checkpointed
+
+    partial = partial_dir(out_dir)
+    _open_partial(
+        partial, _fingerprint(config, data_dir, sequential=sequential.to_dict()), overwrite
+    )
+    progress = _Progress(partial, trainer, trainer.optimizer, sampler=trainer.generator)
+    state = progress.restore()
+    if state is None:
+        state = {"epoch": 0, "history": {}, "validation": None, "train_seconds": 0.0}
+    else:
+        logger.info(
+            "resuming from %s after epoch %d of %d",
+            progress.latest,
+            state["epoch"],
+            config.train.epochs,
+        )
+    seconds_before = state["train_seconds"]
+
+    validation = None
     valid_path = data_dir / "valid.parquet"
     if sequential.validate_every and valid_path.exists() and pq.read_metadata(valid_path).num_rows:
         valid_batch = load_split(data_dir, "valid", length)
         exclude = earlier_items(click_log(data_dir), valid_batch)
-        callbacks.append(
-            NextItemValidation(
-                model,
-                valid_batch,
-                exclude,
-                every=sequential.validate_every,
-                patience=sequential.patience,
-                metric=sequential.validation_metric,
-                max_train_seconds=sequential.max_train_seconds,
-                sampled_negatives=sequential.validation_sampled_negatives,
-            )
+        validation = NextItemValidation(
+            model,
+            valid_batch,
+            exclude,
+            every=sequential.validate_every,
+            patience=sequential.patience,
+            metric=sequential.validation_metric,
+            max_train_seconds=sequential.max_train_seconds,
+            sampled_negatives=sequential.validation_sampled_negatives,
         )
+        if state["validation"] is not None:
+            best = state["validation"]["best_epoch"]
+            weights = load_weights(partial / f"best-epoch{best + 1}.npz") if best >= 0 else None
+            validation.resume(state["validation"], weights, seconds_before)
+        own = [validation]
     elif sequential.max_train_seconds:
-        callbacks.append(_TimeBudget(sequential.max_train_seconds))
+        own = [_TimeBudget(sequential.max_train_seconds, seconds_before)]
+    else:
+        own = []
+    writers = _summary_writers(partial / LOGS, is_chief=True)
+    own.append(_EpochCheckpoints(progress, state, validation, partial, writers, seconds_before))
+
+    batches = sequence_dataset(
+        sequences,
+        config.train.batch_size,
+        config.train.seed,
+        sequential.width_multiple,
+        first_epoch=state["epoch"],
+    )
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     fit_started = time.perf_counter()
-    fit = trainer.fit(
-        batches, epochs=config.train.epochs, callbacks=callbacks, verbose=verbose, shuffle=False
-    )
-    history: dict[str, Any] = {k: [float(v) for v in values] for k, values in fit.history.items()}
-    history["train_seconds"] = time.perf_counter() - fit_started
+    try:
+        trainer.fit(
+            batches,
+            epochs=config.train.epochs,
+            initial_epoch=state["epoch"],
+            callbacks=own + list(callbacks or []),
+            verbose=verbose,
+            shuffle=False,
+        )
+    finally:
+        for writer in writers.values():
+            writer.close()
+    history: dict[str, Any] = dict(state["history"])
+    history["train_seconds"] = seconds_before + time.perf_counter() - fit_started
     history["setup_seconds"] = fit_started - started
     history["epochs_run"] = len(history.get("loss", []))
-    if callbacks and hasattr(callbacks[0], "validations"):
-        history["validations"] = callbacks[0].validations
-        if callbacks[0].best_epoch >= 0:
-            history["best_epoch"] = callbacks[0].best_epoch + 1
-        history["stopped_for_time"] = callbacks[0].stopped_for_time
+    if validation is not None:
+        history["validations"] = validation.validations
+        if validation.best_epoch >= 0:
+            history["best_epoch"] = validation.best_epoch + 1
+        history["stopped_for_time"] = validation.stopped_for_time
 
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         model.save(tmp / "model.keras")
@@ -954,6 +1119,10 @@ def train_sequential(
         )
         (tmp / "items.parquet").write_bytes((data_dir / "items.parquet").read_bytes())
         write_json(tmp / "history.json", history)
+        for name in (CHECKPOINTS, LOGS):
+            if (partial / name).exists():
+                shutil.copytree(partial / name, tmp / name)
+    shutil.rmtree(partial, ignore_errors=True)
     logger.info("wrote run directory %s", out_dir)
     return history
 
@@ -1010,12 +1179,12 @@ def train_from_cli(args) -> bool:
     return True
 
 
-def _TimeBudget(seconds: float):  # noqa: N802
+def _TimeBudget(seconds: float, seconds_before: float = 0.0):  # noqa: N802
     import keras
 
     class TimeBudget(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.started = time.perf_counter()
+            self.started = time.perf_counter() - seconds_before
 
         def on_train_batch_end(self, batch, logs=None):
             if time.perf_counter() - self.started > seconds:

@@ -312,7 +312,7 @@ class _Progress:
     leaves the previous checkpoint usable.
     """
 
-    def __init__(self, directory: Path, model, optimizer, keep: int = 2):
+    def __init__(self, directory: Path, model, optimizer, keep: int = 2, **extra):
         import tensorflow as tf
 
         self.directory = directory
@@ -321,6 +321,7 @@ class _Progress:
             model=[v.value for v in model.variables],
             optimizer=[v.value for v in optimizer.variables],
             progress=self._state,
+            **extra,  # other trackables, e.g. a tf.random.Generator
         )
         self._manager = tf.train.CheckpointManager(
             self._checkpoint, str(directory / CHECKPOINTS), max_to_keep=keep
@@ -342,12 +343,14 @@ class _Progress:
         return self._manager.latest_checkpoint
 
 
-def _fingerprint(config: Config, data_dir: Path) -> dict:
+def _fingerprint(config: Config, data_dir: Path, **settings) -> dict:
+    """What an interrupted training must share with the command that resumes it."""
     manifest = (data_dir / "manifest.json").read_bytes()
     return {
         "config": config.to_dict(),
         "data_dir": str(data_dir.resolve()),
         "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        **settings,
     }
 
 

@@ -3,7 +3,7 @@
 The main CLI (``feedrec.cli``) builds the ``prepare`` sub-parser with
 :func:`add_arguments` and calls :func:`run`. Options come from, in order of
 precedence: the command-line flags, the ``[prepare]`` table of ``--config
-FILE`` (TOML or JSON, keys named like the flags with ``_`` or ``-``), then
+FILE`` (TOML, JSON or YAML, keys named like the flags with ``_`` or ``-``), then
 the defaults of :class:`pipelines.prepare.PrepareOptions`.
 
 Bad input (a malformed row, a missing file, a bad option) prints one line,
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="the log format")
     parser.add_argument("--out", required=True, type=Path, metavar="DATA_DIR", help="output folder")
     parser.add_argument(
-        "--config", type=Path, metavar="FILE", help="TOML/JSON with a [prepare] table"
+        "--config", type=Path, metavar="FILE", help="TOML/JSON/YAML with a [prepare] table"
     )
     parser.add_argument("--engine", choices=ENGINES, help="processing engine (default: local)")
     parser.add_argument("--history-length", type=int, metavar="L", help="clicks kept (default: 50)")

@@ -1,10 +1,17 @@
 """Helpers shared by the layer, model and task tests, exposed as fixtures.
 
 ``run_layer_test`` checks config and ``.keras`` round trips, ``grads_of`` takes
-gradients with ``tf.GradientTape``, ``lengths_mask`` builds a mask by hand.
+gradients with ``tf.GradientTape``, ``lengths_mask`` builds a mask by hand;
+``python_process`` runs a script in a fresh process (the crash-safety tests),
+``ordered_sequences`` is a small prepared sequences directory.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -101,3 +108,48 @@ def lengths_mask():
 @pytest.fixture
 def grads_of():
     return _grads_of
+
+
+# --------------------------------------------------------------- training runs
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _Python:
+    """Runs ``python -c SCRIPT ARGS...`` in a fresh CPU-only process on this checkout."""
+
+    @staticmethod
+    def start(script: str, *args: str) -> subprocess.Popen:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-c", script, *map(str, args)]
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    @staticmethod
+    def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+        """The exit status and the end of stderr."""
+        _, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stderr.decode(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def python_process():
+    return _Python
+
+
+@pytest.fixture(scope="module")
+def ordered_sequences(tmp_path_factory):
+    """A prepared ``sequences`` DATA_DIR (L=6): 60 users who each read 10 of 30
+    items in order, after item i item i + 1."""
+    from pipelines.prepare import PrepareOptions, prepare
+
+    root = tmp_path_factory.mktemp("sequences")
+    rng = np.random.default_rng(0)
+    lines = []
+    for user in range(60):
+        start = int(rng.integers(0, 30))
+        lines += [f"u{user} i{(start + step) % 30}" for step in range(10)]
+    (root / "log.txt").write_text("\n".join(lines) + "\n")
+    options = PrepareOptions(history_length=6, negatives=0)
+    prepare("sequences", [root / "log.txt"], root / "data", options=options)
+    return root / "data"

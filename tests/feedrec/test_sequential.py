@@ -32,7 +32,6 @@ from feedrec.sequential import (
     sequences_from_examples,
     train_sequential,
 )
-from pipelines.prepare import PrepareOptions, prepare
 
 TINY = ModelConfig(
     history_length=6,
@@ -307,22 +306,9 @@ def test_config_checks_quote_the_value(field, value, message):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
+def data_dir(ordered_sequences):
     """60 users who each read items in order: after item i comes item i + 1."""
-    root = tmp_path_factory.mktemp("sequences")
-    rng = np.random.default_rng(0)
-    lines = []
-    for user in range(60):
-        start = int(rng.integers(0, 30))
-        lines += [f"u{user} i{(start + step) % 30}" for step in range(10)]
-    (root / "log.txt").write_text("\n".join(lines) + "\n")
-    prepare(
-        "sequences",
-        [root / "log.txt"],
-        root / "data",
-        options=PrepareOptions(history_length=6, negatives=0),
-    )
-    return root / "data"
+    return ordered_sequences
 
 
 @pytest.fixture(scope="module")

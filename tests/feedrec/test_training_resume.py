@@ -1,11 +1,7 @@
 """Crash safety: SIGKILL mid-epoch and resume; NaN stop; the partial directory."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +12,6 @@ from feedrec.runs import load_run, partial_dir
 from feedrec.training import NonFiniteLossError, train
 from pipelines.prepare import PrepareOptions, prepare
 from pipelines.synthetic import generate_mind_log
-
-REPO = Path(__file__).resolve().parents[2]
 
 TINY = Config(
     model=ModelConfig(
@@ -57,17 +51,8 @@ def data_dir(tmp_path_factory):
     return root / "data"
 
 
-def start(data_dir, out_dir, kill_at=0):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    config = json.dumps(TINY.to_dict())
-    command = [sys.executable, "-c", SCRIPT, str(data_dir), str(out_dir), config, str(kill_at)]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def finish(process, timeout=600):
-    _, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stderr.decode(errors="replace")[-3000:]
+def start(python_process, data_dir, out_dir, kill_at=0):
+    return python_process.start(SCRIPT, data_dir, out_dir, json.dumps(TINY.to_dict()), kill_at)
 
 
 def run_weights(run_dir):
@@ -76,10 +61,13 @@ def run_weights(run_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(data_dir, tmp_path):
+def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(
+    data_dir, tmp_path, python_process
+):
+    finish = python_process.finish
     # 3463 examples / 256 = 14 steps per epoch: step 20 is in the middle of epoch 2.
-    reference = start(data_dir, tmp_path / "reference")
-    killed = start(data_dir, tmp_path / "run", kill_at=20)
+    reference = start(python_process, data_dir, tmp_path / "reference")
+    killed = start(python_process, data_dir, tmp_path / "run", kill_at=20)
     code, log = finish(killed)
     assert code == -signal.SIGKILL, log
     assert not (tmp_path / "run").exists()  # never looks like a complete run
@@ -87,7 +75,7 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_weights(data_dir, tmp_
     assert tf.train.latest_checkpoint(str(partial / "checkpoints")).endswith("ckpt-20")
     assert not (partial / "model.keras").exists()
 
-    code, log = finish(start(data_dir, tmp_path / "run"))  # the same command again
+    code, log = finish(start(python_process, data_dir, tmp_path / "run"))  # the same command again
     assert code == 0, log
     assert not partial.exists()
     code, log = finish(reference)
