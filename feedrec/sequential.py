@@ -712,12 +712,14 @@ def NextItemValidation(  # noqa: N802 - factory that returns a keras Callback
                 "best_epoch": self.best_epoch,
                 "waited": self.waited,
                 "validations": self.validations,
+                "stopped_for_time": self.stopped_for_time,
             }
 
         def resume(self, state: dict, best_weights, seconds_before: float) -> None:
             self.best = -np.inf if state["best"] is None else state["best"]
             self.best_epoch, self.waited = state["best_epoch"], state["waited"]
             self.validations = list(state["validations"])
+            self.stopped_for_time = state["stopped_for_time"]
             self.best_weights, self.seconds_before = best_weights, seconds_before
 
         def on_train_begin(self, logs=None):
@@ -899,23 +901,16 @@ def _EpochCheckpoints(  # noqa: N802 - factory that returns a keras Callback
             logs = {k: float(v) for k, v in (logs or {}).items()}
             for name, value in logs.items():
                 state["history"].setdefault(name, []).append(value)
-            step = int(self.model.optimizer.iterations.numpy())
-            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-            scalars = {"epoch_loss": logs.get("loss", np.nan), "learning_rate": rate}
-            write_scalars(writers["train"], step, scalars)
             state["epoch"] = epoch + 1
+            # an early stop (patience, time budget, a callback) ends the training for good
+            state["stopped"] = bool(self.model.stop_training)
             state["train_seconds"] = seconds_before + time.perf_counter() - self.started
+            record = None
             if validation is not None:
                 records = validation.validations
-                validated = bool(records) and records[-1]["epoch"] == epoch + 1
-                if validated:
-                    record = validation.validations[-1]
-                    write_scalars(
-                        writers["validation"],
-                        step,
-                        {k: v for k, v in record.items() if k not in ("epoch", "seconds")},
-                    )
-                if validated and validation.best_epoch == epoch:
+                if records and records[-1]["epoch"] == epoch + 1:
+                    record = records[-1]
+                if record is not None and validation.best_epoch == epoch:
                     save_weights(partial / f"best-epoch{epoch + 1}.npz", validation.best_weights)
                 state["validation"] = validation.state()
             progress.save({**state, "step": epoch + 1})
@@ -923,8 +918,23 @@ def _EpochCheckpoints(  # noqa: N802 - factory that returns a keras Callback
             for old in partial.glob("best-epoch*.npz"):
                 if old.name != keep:
                     old.unlink()
+            # after the checkpoint: a resumed epoch is never logged twice
+            step = int(self.model.optimizer.iterations.numpy())
+            rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            scalars = {"epoch_loss": logs.get("loss", np.nan), "learning_rate": rate}
+            write_scalars(writers["train"], step, scalars)
+            if record is not None:
+                scalars = {k: v for k, v in record.items() if k not in ("epoch", "seconds")}
+                write_scalars(writers["validation"], step, scalars)
 
     return EpochCheckpoints()
+
+
+class ResumeError(ValueError):
+    """``RUN_DIR.partial/`` matches the training but cannot be restored.
+
+    A ``ValueError``, so the CLI reports it in one line.
+    """
 
 
 def save_weights(path: Path, weights: list[np.ndarray]) -> None:
@@ -972,8 +982,9 @@ def train_sequential(
         overwrite: replace a non-empty ``out_dir``.
         verbose: Keras verbosity; None = a progress bar on a terminal, one
             line per epoch otherwise.
-        callbacks: more Keras callbacks, called after feedrec's own (the
-            validation, then the epoch checkpoint).
+        callbacks: more Keras callbacks, called after feedrec's validation
+            and before its epoch checkpoint (their epoch logs and stop requests
+            are part of the checkpoint and the history).
 
     Returns:
         The training history: per-epoch loss, validations, best epoch, seconds.
@@ -981,8 +992,11 @@ def train_sequential(
     Raises:
         NonFiniteLossError: the loss became NaN or infinite (the last epoch's
             checkpoint stays in ``RUN_DIR.partial/``).
+        ResumeError: ``RUN_DIR.partial/`` belongs to this config and data but
+            cannot be restored (e.g. written by other code).
     """
     import keras
+    import tensorflow as tf
 
     from feedrec.evaluation import click_log, earlier_items, item_counts
     from feedrec.runs import CHECKPOINTS, LOGS, partial_dir
@@ -1031,15 +1045,31 @@ def train_sequential(
         partial, _fingerprint(config, data_dir, sequential=sequential.to_dict()), overwrite
     )
     progress = _Progress(partial, trainer, trainer.optimizer, sampler=trainer.generator)
-    state = progress.restore()
+    try:
+        state = progress.restore()
+        best = (state or {}).get("validation") or {"best_epoch": -1}
+        best_path = partial / f"best-epoch{best['best_epoch'] + 1}.npz"
+        best_weights = load_weights(best_path) if best["best_epoch"] >= 0 else None
+    except (AssertionError, OSError, ValueError, tf.errors.OpError) as error:
+        raise ResumeError(
+            f"{partial} holds a training this code cannot resume ({type(error).__name__}: "
+            f"{error}); delete {partial} to train from the start"
+        ) from error
     if state is None:
-        state = {"epoch": 0, "history": {}, "validation": None, "train_seconds": 0.0}
+        state = {
+            "epoch": 0,
+            "stopped": False,
+            "history": {},
+            "validation": None,
+            "train_seconds": 0.0,
+        }
     else:
         logger.info(
-            "resuming from %s after epoch %d of %d",
+            "resuming from %s after epoch %d of %d%s",
             progress.latest,
             state["epoch"],
             config.train.epochs,
+            " (it had stopped early: only RUN_DIR is left to write)" if state["stopped"] else "",
         )
     seconds_before = state["train_seconds"]
 
@@ -1059,16 +1089,14 @@ def train_sequential(
             sampled_negatives=sequential.validation_sampled_negatives,
         )
         if state["validation"] is not None:
-            best = state["validation"]["best_epoch"]
-            weights = load_weights(partial / f"best-epoch{best + 1}.npz") if best >= 0 else None
-            validation.resume(state["validation"], weights, seconds_before)
+            validation.resume(state["validation"], best_weights, seconds_before)
         own = [validation]
     elif sequential.max_train_seconds:
         own = [_TimeBudget(sequential.max_train_seconds, seconds_before)]
     else:
         own = []
     writers = _summary_writers(partial / LOGS, is_chief=True)
-    own.append(_EpochCheckpoints(progress, state, validation, partial, writers, seconds_before))
+    checkpoints = _EpochCheckpoints(progress, state, validation, partial, writers, seconds_before)
 
     batches = sequence_dataset(
         sequences,
@@ -1084,8 +1112,8 @@ def train_sequential(
         trainer.fit(
             batches,
             epochs=config.train.epochs,
-            initial_epoch=state["epoch"],
-            callbacks=own + list(callbacks or []),
+            initial_epoch=config.train.epochs if state["stopped"] else state["epoch"],
+            callbacks=[*own, *(callbacks or []), checkpoints],
             verbose=verbose,
             shuffle=False,
         )

@@ -3,13 +3,14 @@
 import json
 import signal
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from feedrec.config import Config, ModelConfig, TrainConfig
 from feedrec.runs import load_run, partial_dir
-from feedrec.sequential import SequentialConfig, train_sequential
+from feedrec.sequential import ResumeError, SequentialConfig, train_sequential
 from feedrec.training import NonFiniteLossError
 
 CONFIG = Config(
@@ -32,8 +33,8 @@ SEQUENTIAL = SequentialConfig(
 )
 
 # Trains in a fresh process with single-threaded, deterministic kernels; with
-# an epoch number, SIGKILLs itself at the end of that epoch, after feedrec's
-# own callbacks (the validation and the epoch checkpoint) have run.
+# an epoch number N > 0, SIGKILLs itself after the first batch of epoch N + 1, so
+# that epoch N's checkpoint is the last and a batch of training is lost.
 SCRIPT = """
 import json, logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
@@ -47,8 +48,11 @@ from feedrec.sequential import SequentialConfig, train_sequential
 data_dir, out_dir, config, sequential, kill_after = sys.argv[1:6]
 
 class Kill(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == int(kill_after):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(kill_after) and self.epoch == int(kill_after) and batch == 0:
             os.kill(os.getpid(), signal.SIGKILL)
 
 train_sequential(
@@ -72,6 +76,19 @@ def start(python_process, data_dir, out_dir, kill_after=0):
     return python_process.start(SCRIPT, data_dir, out_dir, *settings, kill_after)
 
 
+class CrashAtTheEnd(keras.callbacks.Callback):
+    """Dies after training, before RUN_DIR is written: the last checkpoint stays."""
+
+    def on_train_end(self, logs=None):
+        raise KeyboardInterrupt
+
+
+def checkpoint_state(partial) -> dict:
+    """The JSON state saved with the latest checkpoint in ``partial``."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(partial / "checkpoints")))
+    return json.loads(reader.get_tensor("progress/.ATTRIBUTES/VARIABLE_VALUE").decode())
+
+
 def without_seconds(history: dict) -> dict:
     history = {k: v for k, v in history.items() if k not in ("train_seconds", "setup_seconds")}
     history["validations"] = [
@@ -93,6 +110,8 @@ def test_sigkill_after_an_epoch_then_resume_ends_with_the_same_weights(
     partial = partial_dir(tmp_path / "run")
     assert tf.train.latest_checkpoint(str(partial / "checkpoints")).endswith("ckpt-1")
     assert [p.name for p in partial.glob("best-epoch*.npz")] == ["best-epoch1.npz"]
+    saved = checkpoint_state(partial)
+    assert saved["epoch"] == 1 and not saved["stopped"]
 
     code, log = finish(start(python_process, data_dir, tmp_path / "run"))  # the same again
     assert code == 0, log
@@ -109,8 +128,9 @@ def test_sigkill_after_an_epoch_then_resume_ends_with_the_same_weights(
     expected = json.loads((tmp_path / "reference" / "history.json").read_text())
     assert without_seconds(history) == without_seconds(expected)
     assert [record["epoch"] for record in history["validations"]] == [1, 2, 3]
-    # the validation clock goes on from the interrupted run's training time
-    assert history["validations"][1]["seconds"] > history["validations"][0]["seconds"]
+    # the first validation is the saved one; the clock goes on from the saved training time
+    assert history["validations"][0] == saved["validation"]["validations"][0]
+    assert history["validations"][1]["seconds"] > saved["train_seconds"]
     assert {"checkpoints", "logs"} <= {p.name for p in (tmp_path / "run").iterdir()}
 
 
@@ -129,17 +149,16 @@ def test_partial_of_another_training_is_refused_or_discarded(data_dir, tmp_path)
 
 def test_a_crash_after_the_last_checkpoint_resumes_to_the_best_weights(data_dir, tmp_path):
     """Every epoch checkpointed, RUN_DIR not written yet: the rerun only writes it."""
-    import keras
-
-    class Crash(keras.callbacks.Callback):
-        def on_train_end(self, logs=None):
-            raise KeyboardInterrupt
-
     two_epochs = CONFIG.replace(train=TrainConfig(epochs=2, batch_size=20, seed=1))
     sequential = SequentialConfig(windows="all")
     with pytest.raises(KeyboardInterrupt):
         train_sequential(
-            data_dir, tmp_path / "run", two_epochs, sequential, verbose=0, callbacks=[Crash()]
+            data_dir,
+            tmp_path / "run",
+            two_epochs,
+            sequential,
+            verbose=0,
+            callbacks=[CrashAtTheEnd()],
         )
     partial = partial_dir(tmp_path / "run")
     (best_file,) = partial.glob("best-epoch*.npz")
@@ -154,10 +173,43 @@ def test_a_crash_after_the_last_checkpoint_resumes_to_the_best_weights(data_dir,
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_early_stop_then_a_crash_resumes_without_training_more(data_dir, tmp_path):
+    """The time budget ran out in epoch 1; the process died before writing RUN_DIR."""
+    sequential = SequentialConfig(windows="all", max_train_seconds=1e-6)  # one batch
+    with pytest.raises(KeyboardInterrupt):
+        train_sequential(
+            data_dir, tmp_path / "run", CONFIG, sequential, verbose=0, callbacks=[CrashAtTheEnd()]
+        )
+    saved = checkpoint_state(partial_dir(tmp_path / "run"))
+    assert saved["stopped"] and saved["epoch"] == 1
+
+    history = train_sequential(data_dir, tmp_path / "run", CONFIG, sequential, verbose=0)
+    assert history["epochs_run"] == 1 and history["stopped_for_time"]
+    assert [record["epoch"] for record in history["validations"]] == [1]
+
+
+def test_an_unreadable_partial_names_itself(data_dir, tmp_path):
+    one_epoch = CONFIG.replace(train=TrainConfig(epochs=1, batch_size=20))
+    sequential = SequentialConfig(windows="all")
+    with pytest.raises(KeyboardInterrupt):
+        train_sequential(
+            data_dir,
+            tmp_path / "run",
+            one_epoch,
+            sequential,
+            verbose=0,
+            callbacks=[CrashAtTheEnd()],
+        )
+    partial = partial_dir(tmp_path / "run")
+    for best in partial.glob("best-epoch*.npz"):
+        best.unlink()
+    with pytest.raises(ResumeError, match=r"run\.partial holds a training this code cannot"):
+        train_sequential(data_dir, tmp_path / "run", one_epoch, sequential, verbose=0)
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_epoch_checkpoint(
     data_dir, tmp_path, monkeypatch
 ):
-    import keras
 
     from feedrec.tasks.next_item_loss import NextItemSoftmaxLoss
 
