@@ -872,8 +872,9 @@ def _EpochCheckpoints(  # noqa: N802 - factory that returns a keras Callback
 ):
     """Checkpoint the training at every epoch end; write TensorBoard scalars; stop on NaN.
 
-    Runs after the validation callback, so an epoch's checkpoint holds its
-    validation: the weights, optimizer and sampler (``progress``, a
+    Runs last (after the validation and the caller's callbacks), so an
+    epoch's checkpoint holds its validation and any stop request: the
+    weights, optimizer and sampler (``progress``, a
     ``feedrec.training._Progress``), and in ``state`` the epochs done, the
     history so far, the validation state and the training seconds. The best
     weights go to ``best-epoch<N>.npz`` in ``partial`` before the checkpoint
