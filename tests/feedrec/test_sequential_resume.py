@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from feedrec.config import Config, ModelConfig, TrainConfig
 from feedrec.runs import load_run, partial_dir
-from feedrec.sequential import ResumeError, SequentialConfig, train_sequential
+from feedrec.sequential import ResumeError, SequentialConfig, load_weights, train_sequential
 from feedrec.training import NonFiniteLossError
 
 CONFIG = Config(
@@ -83,6 +83,13 @@ class CrashAtTheEnd(keras.callbacks.Callback):
         raise KeyboardInterrupt
 
 
+def crash_before_the_run_dir(data_dir, run, config, sequential):
+    """Train until just before ``run`` would be written; returns its partial directory."""
+    with pytest.raises(KeyboardInterrupt):
+        train_sequential(data_dir, run, config, sequential, verbose=0, callbacks=[CrashAtTheEnd()])
+    return partial_dir(run)
+
+
 def checkpoint_state(partial) -> dict:
     """The JSON state saved with the latest checkpoint in ``partial``."""
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(partial / "checkpoints")))
@@ -151,19 +158,9 @@ def test_a_crash_after_the_last_checkpoint_resumes_to_the_best_weights(data_dir,
     """Every epoch checkpointed, RUN_DIR not written yet: the rerun only writes it."""
     two_epochs = CONFIG.replace(train=TrainConfig(epochs=2, batch_size=20, seed=1))
     sequential = SequentialConfig(windows="all")
-    with pytest.raises(KeyboardInterrupt):
-        train_sequential(
-            data_dir,
-            tmp_path / "run",
-            two_epochs,
-            sequential,
-            verbose=0,
-            callbacks=[CrashAtTheEnd()],
-        )
-    partial = partial_dir(tmp_path / "run")
+    partial = crash_before_the_run_dir(data_dir, tmp_path / "run", two_epochs, sequential)
     (best_file,) = partial.glob("best-epoch*.npz")
-    with np.load(best_file) as saved:
-        best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    best = load_weights(best_file)
 
     history = train_sequential(data_dir, tmp_path / "run", two_epochs, sequential, verbose=0)
     assert history["epochs_run"] == 2 and len(history["validations"]) == 2
@@ -176,11 +173,9 @@ def test_a_crash_after_the_last_checkpoint_resumes_to_the_best_weights(data_dir,
 def test_an_early_stop_then_a_crash_resumes_without_training_more(data_dir, tmp_path):
     """The time budget ran out in epoch 1; the process died before writing RUN_DIR."""
     sequential = SequentialConfig(windows="all", max_train_seconds=1e-6)  # one batch
-    with pytest.raises(KeyboardInterrupt):
-        train_sequential(
-            data_dir, tmp_path / "run", CONFIG, sequential, verbose=0, callbacks=[CrashAtTheEnd()]
-        )
-    saved = checkpoint_state(partial_dir(tmp_path / "run"))
+    saved = checkpoint_state(
+        crash_before_the_run_dir(data_dir, tmp_path / "run", CONFIG, sequential)
+    )
     assert saved["stopped"] and saved["epoch"] == 1
 
     history = train_sequential(data_dir, tmp_path / "run", CONFIG, sequential, verbose=0)
@@ -191,16 +186,7 @@ def test_an_early_stop_then_a_crash_resumes_without_training_more(data_dir, tmp_
 def test_an_unreadable_partial_names_itself(data_dir, tmp_path):
     one_epoch = CONFIG.replace(train=TrainConfig(epochs=1, batch_size=20))
     sequential = SequentialConfig(windows="all")
-    with pytest.raises(KeyboardInterrupt):
-        train_sequential(
-            data_dir,
-            tmp_path / "run",
-            one_epoch,
-            sequential,
-            verbose=0,
-            callbacks=[CrashAtTheEnd()],
-        )
-    partial = partial_dir(tmp_path / "run")
+    partial = crash_before_the_run_dir(data_dir, tmp_path / "run", one_epoch, sequential)
     for best in partial.glob("best-epoch*.npz"):
         best.unlink()
     with pytest.raises(ResumeError, match=r"run\.partial holds a training this code cannot"):
