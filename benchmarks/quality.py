@@ -462,10 +462,14 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     """Fine-tune window after window; evaluate each window before training on it.
 
     Scorers per window (all on the same examples, full catalogue, history
-    excluded): ``model``; with ``[incremental] recency_prior``,
-    ``model+recency`` = model logit + beta * log(1 + the item's clicks in the
-    hour before the example), beta picked from ``prior_grid`` on the previous
-    evaluated window (past data only); with ``with_baselines``, popularity
+    excluded): ``model`` (with ``[incremental] freshness_bias``, the model's
+    logit plus a :class:`feedrec.layers.FreshnessBias` trained with it, whose
+    state before window ``w`` is each item's clicks in window ``w - 1`` and its
+    age in windows; the same state while scoring and training window ``w``);
+    with ``[incremental] recency_prior``, ``model+recency`` = model logit +
+    beta * log(1 + the item's clicks in the hour before the example), beta
+    picked from ``prior_grid`` on the previous evaluated window (past data
+    only); with ``with_baselines``, popularity
     (clicks before the window), recent popularity (clicks in the hour before
     the example) and random.
     """
@@ -474,6 +478,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
 
     from feedrec.data import batch_from_table
     from feedrec.evaluation import earlier_items, model_scorer
+    from feedrec.layers import FreshnessBias
     from feedrec.metrics import break_ties
     from feedrec.models.recommender import build_model
     from feedrec.next_item import (
@@ -501,7 +506,10 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     prior = bool(incremental.get("recency_prior", False))
     grid = [float(b) for b in incremental.get("prior_grid", [0.25, 0.5, 1.0, 2.0, 4.0])]
     limit = incremental.get("max_windows")
-    trainer = compile_trainer(model, config, sequential, total_steps=1)
+    freshness = FreshnessBias(log.num_items) if incremental.get("freshness_bias") else None
+    trainer = compile_trainer(model, config, sequential, total_steps=1, item_bias=freshness)
+    first_seen = np.full(log.num_items, np.nan)  # window of each item's first click
+    last_counts = np.zeros(log.num_items)  # clicks in the previous window
     eval_rows = np.flatnonzero(log.evaluated)
     eval_batch = batch_from_table(
         log.table.take(pa.array(eval_rows)), log.history_length, num_candidates=1
@@ -525,6 +533,10 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
         names += ["popularity", "recent_popularity", "random"]
     for window in range(0, last_window + 1):
         rows = np.flatnonzero(eval_windows == window)
+        offsets = 0.0
+        if freshness is not None:
+            freshness.update(last_counts, window - 1 - first_seen)
+            offsets = keras.ops.convert_to_numpy(freshness(np.arange(log.num_items)))
         if window >= first and len(rows) >= min_examples:
             score_model = model_scorer(model, eval_batch)
             popular = break_ties(counts, seed=0)
@@ -535,7 +547,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
                 chunk = rows[start : start + 1024]
                 chunk_targets = targets[chunk]
                 excluded = exclusion_lists(exclude, log.num_items, chunk)
-                model_scores = score_model(chunk)
+                model_scores = score_model(chunk) + offsets
                 ranks["model"].append(full_ranks(model_scores, chunk_targets, excluded))
                 if prior or with_baselines:
                     recent = recent_counts(chunk)
@@ -569,7 +581,9 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             per_window.append(record)
         # then learn this window's clicks
         in_window = np.flatnonzero(log.windows == window)
-        counts += np.bincount(log.items[in_window], minlength=log.num_items)[: log.num_items]
+        last_counts = np.bincount(log.items[in_window], minlength=log.num_items)[: log.num_items]
+        counts += last_counts
+        first_seen[np.isnan(first_seen) & (last_counts > 0)] = window
         if not len(in_window) or window == last_window:
             continue
         sequences = sequences_from_examples(

@@ -504,6 +504,7 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     num_negatives: int = 1024,
     sampling_weights: np.ndarray | None = None,
     seed: int = 0,
+    item_bias=None,
 ):
     """A ``keras.Model`` that trains ``recommender`` on the next-item objective.
 
@@ -519,6 +520,11 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
       ``SamplingProbabilityCorrection``); a negative equal to the row's target
       is masked (keras-rs 0.4's ``RemoveAccidentalHits`` adds ~1e-40 instead of
       a large negative, a no-op: keras-team/keras-rs#206).
+
+    ``item_bias``, a layer mapping item indices to a score offset (e.g.
+    :class:`feedrec.layers.FreshnessBias`), is added to every item's logit and
+    trained with the recommender; whoever scores with the recommender adds it
+    too (it is not part of the recommender or its export).
 
     Only ``recommender`` is saved; the trainer is a training harness.
     """
@@ -567,6 +573,9 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
             )
             self.generator = tf.random.Generator.from_seed(seed)
             self.all_items = tf.range(num_items, dtype=tf.int32)
+            if item_bias is not None and not item_bias.built:
+                item_bias.build()  # its variables exist before the first traced step
+            self.item_bias = item_bias
 
         def set_sampling_weights(self, weights) -> None:
             """New ``(num_items,)`` weights for ``sampled_softmax`` (e.g. recent clicks)."""
@@ -586,6 +595,8 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
             if loss == "full_softmax":
                 catalogue = ops.cast(self.recommender.item_embedding(self.all_items), "float32")
                 logits = ops.matmul(states, ops.transpose(catalogue))
+                if self.item_bias is not None:
+                    logits = logits + self.item_bias(self.all_items)[None, :]
                 reserved = ops.arange(num_items) < FIRST_ITEM_INDEX
                 logits = ops.where(reserved[None, :], large_negative("float32"), logits)
                 value = self.next_item_loss(positives, logits)
@@ -609,6 +620,12 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
                 self.log_probabilities,
                 correction=self.correction,
             )
+            if self.item_bias is not None:
+                positive_offsets = self.item_bias(positives)[:, None]
+                negative_offsets = ops.broadcast_to(
+                    self.item_bias(negatives)[None, :], ops.shape(logits[:, 1:])
+                )
+                logits = logits + ops.concatenate([positive_offsets, negative_offsets], axis=-1)
             return self.next_item_loss(ops.zeros_like(positives), logits)
 
     return _Trainer()
@@ -844,9 +861,14 @@ def _Warmup(rate: float, steps: int):  # noqa: N802
 
 
 def compile_trainer(
-    recommender, config: Config, sequential: SequentialConfig, total_steps: int, counts=None
+    recommender,
+    config: Config,
+    sequential: SequentialConfig,
+    total_steps: int,
+    counts=None,
+    item_bias=None,
 ):
-    """A compiled :func:`NextItemTrainer` for ``recommender``."""
+    """A compiled :func:`NextItemTrainer` for ``recommender`` (``item_bias``: see there)."""
     weights = counts if sequential.negative_sampling == "popularity" else None
     trainer = NextItemTrainer(
         recommender,
@@ -854,6 +876,7 @@ def compile_trainer(
         num_negatives=sequential.num_negatives,
         sampling_weights=weights,
         seed=config.train.seed,
+        item_bias=item_bias,
     )
     import tensorflow as tf
 

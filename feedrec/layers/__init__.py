@@ -1,6 +1,7 @@
 """feedrec layers: masked attention, Transformer block, positions, pooling."""
 
 from feedrec.layers.attention_pooling import AttentionPooling
+from feedrec.layers.freshness_bias import FreshnessBias
 from feedrec.layers.last_click_pooling import LastClickPooling
 from feedrec.layers.masked_attention import MaskedMultiHeadAttention
 from feedrec.layers.masked_pooling import MaskedPooling
@@ -13,6 +14,7 @@ from feedrec.layers.truncation import truncate_history
 
 __all__ = [
     "AttentionPooling",
+    "FreshnessBias",
     "LastClickPooling",
     "MaskedMultiHeadAttention",
     "MaskedPooling",

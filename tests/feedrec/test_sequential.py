@@ -17,6 +17,7 @@ from feedrec.evaluation import (
     format_table,
     resolve_protocol,
 )
+from feedrec.layers import FreshnessBias
 from feedrec.models.recommender import build_model
 from feedrec.next_item import FULL
 from feedrec.sequential import (
@@ -229,24 +230,6 @@ def test_every_position_equals_serving_on_the_prefix():
     np.testing.assert_array_equal(states[0, 4:], 0.0)
 
 
-def test_full_softmax_loss_by_hand():
-    keras.utils.set_random_seed(1)
-    model = build_model(TINY, num_items=12, causal=True)
-    trainer = NextItemTrainer(model, loss="full_softmax")
-    x = {"items": np.array([[2, 3, 4, 0], [5, 0, 0, 0]], "int32"), "lengths": np.array([3, 1])}
-    y = np.array([[3, 4, 0, 0], [6, 0, 0, 0]], "int32")  # position (0, 2): nothing to learn
-    states = trainer(x)
-    loss = float(trainer.compute_loss(x, y, states))
-    states = keras.ops.convert_to_numpy(states)
-    items = keras.ops.convert_to_numpy(model.item_embedding(np.arange(12)))
-    expected = []
-    for row, col in [(0, 0), (0, 1), (1, 0)]:
-        logits = items[2:] @ states[row, col]  # padding and OOV never compete
-        target = y[row, col] - 2
-        expected.append(np.log(np.exp(logits).sum()) - logits[target])
-    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
-
-
 def test_sampled_logits_correct_by_log_probability_and_mask_accidental_hits():
     states = np.array([[1.0, 0.0], [0.0, 2.0]], "float32")
     vectors = {4: [1.0, 1.0], 5: [0.5, 0.0], 6: [0.0, 1.0]}
@@ -282,6 +265,67 @@ def test_sampled_softmax_trains_and_refuses_too_many_negatives():
     assert np.isfinite(last) and last < first
     with pytest.raises(ValueError, match="num_negatives=28"):
         NextItemTrainer(model, loss="sampled_softmax", num_negatives=28)
+
+
+def trainer_and_batch(loss, item_bias, **kwargs):
+    keras.utils.set_random_seed(1)
+    model = build_model(TINY, num_items=30, causal=True)
+    trainer = NextItemTrainer(model, loss=loss, item_bias=item_bias, **kwargs)
+    x = {"items": np.array([[2, 3, 4, 0], [5, 0, 0, 0]], "int32"), "lengths": np.array([3, 1])}
+    y = np.array([[3, 4, 0, 0], [6, 0, 0, 0]], "int32")
+    return model, trainer, x, y
+
+
+def biased(offsets):
+    """A FreshnessBias whose offset for item ``i`` is ``offsets[i]`` (one click bucket each)."""
+    layer = FreshnessBias(num_items=len(offsets), num_buckets=len(offsets) + 2)
+    layer.update(recent_clicks=2.0 ** np.arange(len(offsets)), age=[None] * len(offsets))
+    click_weights = np.zeros(len(offsets) + 2, "float32")
+    click_weights[1 : len(offsets) + 1] = offsets  # item i's count 2^i is in bucket i + 1
+    layer.set_weights([click_weights, *layer.get_weights()[1:]])
+    return layer
+
+
+@pytest.mark.parametrize("with_bias", [False, True], ids=["plain", "item_bias"])
+def test_full_softmax_loss_by_hand(with_bias):
+    offsets = np.random.default_rng(3).normal(size=30).astype("float32") * with_bias
+    model, trainer, x, y = trainer_and_batch("full_softmax", biased(offsets) if with_bias else None)
+    states = trainer(x)  # position (0, 2) has no target: nothing to learn
+    loss = float(trainer.compute_loss(x, y, states))
+    states = keras.ops.convert_to_numpy(states)
+    items = keras.ops.convert_to_numpy(model.item_embedding(np.arange(30)))
+    expected = []
+    for row, col in [(0, 0), (0, 1), (1, 0)]:
+        logits = items[2:] @ states[row, col] + offsets[2:]  # padding and OOV never compete
+        expected.append(np.log(np.exp(logits).sum()) - logits[y[row, col] - 2])
+    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
+def test_a_constant_bias_leaves_the_loss_alone_and_a_varying_one_does_not(loss):
+    losses = {}
+    for name, offsets in {
+        "none": None,
+        "constant": np.full(30, 2.5, "float32"),
+        "varying": np.linspace(-3, 3, 30).astype("float32"),
+    }.items():
+        layer = None if offsets is None else biased(offsets)
+        _, trainer, x, y = trainer_and_batch(loss, layer, num_negatives=8, seed=5)
+        losses[name] = float(trainer.compute_loss(x, y, trainer(x)))
+    assert losses["constant"] == pytest.approx(losses["none"], rel=1e-5)
+    assert abs(losses["varying"] - losses["none"]) > 1e-3
+
+
+def test_the_trainer_learns_the_bias_weights():
+    layer = FreshnessBias(num_items=30)
+    layer.update(recent_clicks=np.arange(30), age=np.arange(30))
+    _, trainer, x, y = trainer_and_batch("sampled_softmax", layer, num_negatives=8, seed=3)
+    trainer.compile(optimizer=keras.optimizers.Adam(0.05))
+    for _ in range(3):
+        trainer.train_on_batch(x, y)
+    assert np.abs(keras.ops.convert_to_numpy(layer.click_weights)).max() > 0
+    assert np.abs(keras.ops.convert_to_numpy(layer.age_weights)).max() > 0
+    assert any(v is layer.click_weights for v in trainer.trainable_variables)
 
 
 @pytest.mark.parametrize(

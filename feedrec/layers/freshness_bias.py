@@ -1,0 +1,126 @@
+"""A learned score offset per item from how much and how recently it was clicked."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from feedrec.layers.arguments import check_positive_int
+
+
+def log2_buckets(values, num_buckets: int) -> np.ndarray:
+    """Bucket ``0`` for values below 1, then ``1 + floor(log2(value))``, capped.
+
+    ``0 -> 0``, ``1 -> 1``, ``2..3 -> 2``, ``4..7 -> 3``, ...; values beyond the
+    last bucket fall into it. NaN counts as 0.
+    """
+    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
+    buckets = np.zeros(values.shape, dtype=np.int32)
+    positive = values >= 1
+    buckets[positive] = 1 + np.floor(np.log2(values[positive])).astype(np.int32)
+    return np.minimum(buckets, num_buckets - 1)
+
+
+@keras.saving.register_keras_serializable(package="feedrec")
+class FreshnessBias(keras.layers.Layer):
+    """A learned logit offset per item from its recent clicks and its age.
+
+    News goes stale within hours, and an item's ID embedding cannot say how
+    fresh it is *now*. This layer adds to an item's score a learned scalar for
+    its recent-click count plus one for its age, both bucketised on a log2
+    scale (:func:`log2_buckets`): ``bias(i) = w_clicks[b(clicks_i)] +
+    w_age[a(age_i)]``, where age bucket 0 is "never clicked" and an age in
+    periods since the item's first click (from 0) falls in ``b(age + 1)``. Both
+    weight vectors start at zero, so a fresh layer changes no score.
+
+    The counts and ages are *state*, not inputs: the caller sets them with
+    :meth:`update` as time moves (e.g. before training on, and before scoring,
+    each hour of a log), and they are saved with the layer. Training sees the
+    same state as scoring for the same period, so the layer learns how much
+    freshness is worth against the user-item match.
+
+    Args:
+        num_items: int. Size of the item vocabulary (padding and OOV included).
+        num_buckets: int. Buckets per feature (default 16: counts and ages up
+            to 2^14 share the last bucket).
+        **kwargs: base layer arguments (``name``, ``dtype``, ...).
+
+    Call arguments:
+        items: int tensor of item indices, any shape.
+
+    Returns:
+        Float tensor of the same shape: each item's offset.
+
+    Example:
+
+    >>> layer = FreshnessBias(num_items=5)
+    >>> layer.update(recent_clicks=[0, 0, 3, 0, 40], age=[None, None, 0, None, 7])
+    >>> keras.ops.convert_to_numpy(layer(np.array([2, 4]))).tolist()
+    [0.0, 0.0]
+    """
+
+    def __init__(self, num_items: int, num_buckets: int = 16, **kwargs) -> None:
+        super().__init__(**kwargs)
+        check_positive_int("num_items", num_items)
+        check_positive_int("num_buckets", num_buckets)
+        if num_buckets < 2:
+            raise ValueError(f"`num_buckets` should be at least 2. Received: {num_buckets}")
+        self.num_items = num_items
+        self.num_buckets = num_buckets
+
+    def build(self, items_shape=None) -> None:
+        buckets = (self.num_buckets,)
+        self.click_weights = self.add_weight(buckets, initializer="zeros", name="click_weights")
+        self.age_weights = self.add_weight(buckets, initializer="zeros", name="age_weights")
+        self.click_buckets = self.add_weight(
+            (self.num_items,), initializer="zeros", dtype="int32", trainable=False,
+            name="click_buckets",
+        )  # fmt: skip
+        self.age_buckets = self.add_weight(
+            (self.num_items,), initializer="zeros", dtype="int32", trainable=False,
+            name="age_buckets",
+        )  # fmt: skip
+        super().build(items_shape)
+
+    def update(self, recent_clicks, age) -> None:
+        """Set each item's state.
+
+        Args:
+            recent_clicks: ``(num_items,)`` clicks in the recent period
+                (e.g. the last hour).
+            age: ``(num_items,)`` periods since the item's first click
+                (0 = first clicked in the latest period), None or NaN for an
+                item never clicked.
+        """
+        if not self.built:
+            self.build()
+        clicks = np.asarray(recent_clicks, dtype=np.float64)
+        ages = np.asarray([np.nan if a is None else a for a in age], dtype=np.float64)
+        for name, values in (("recent_clicks", clicks), ("age", ages)):
+            if values.shape != (self.num_items,):
+                raise ValueError(
+                    f"`{name}` should have shape ({self.num_items},). Received: {values.shape}"
+                )
+            if (values < 0).any():
+                raise ValueError(f"`{name}` should be non-negative. Received: min={values.min()}")
+        # an item clicked has age + 1 >= 1, so bucket >= 1; 0 is "never clicked"
+        age_buckets = np.where(np.isnan(ages), 0, log2_buckets(ages + 1, self.num_buckets))
+        self.click_buckets.assign(log2_buckets(clicks, self.num_buckets))
+        self.age_buckets.assign(age_buckets.astype(np.int32))
+
+    def call(self, items):
+        items = ops.cast(items, "int32")
+        clicks = ops.take(self.click_weights, ops.take(self.click_buckets, items))
+        ages = ops.take(self.age_weights, ops.take(self.age_buckets, items))
+        return clicks + ages
+
+    def compute_output_shape(self, items_shape):
+        return tuple(items_shape)
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_items": self.num_items,
+            "num_buckets": self.num_buckets,
+        }

@@ -1,0 +1,72 @@
+"""FreshnessBias: an item's offset from its bucketed recent clicks and age."""
+
+import keras
+import numpy as np
+import pytest
+
+from feedrec.layers import FreshnessBias
+from feedrec.layers.freshness_bias import log2_buckets
+
+
+def test_log2_buckets():
+    values = [0, 0.5, 1, 2, 3, 4, 7, 8, 1e9, np.nan]
+    assert log2_buckets(values, 16).tolist() == [0, 0, 1, 2, 2, 3, 3, 4, 15, 0]
+    assert log2_buckets(values, 3).tolist() == [0, 0, 1, 2, 2, 2, 2, 2, 2, 0]
+
+
+def numpy_bias(clicks, ages, click_weights, age_weights, items):
+    buckets = np.minimum([0 if c < 1 else 1 + int(np.log2(c)) for c in clicks], 15)
+    age_buckets = [0 if a is None else min(1 + int(np.log2(a + 1)), 15) for a in ages]
+    return click_weights[buckets[items]] + age_weights[np.asarray(age_buckets)[items]]
+
+
+def test_bias_is_the_sum_of_the_buckets_weights():
+    rng = np.random.default_rng(0)
+    clicks = [0, 0, 1, 5, 40, 3, 0, 1000]
+    ages = [None, None, 0, 3, 1, None, 20, 2]
+    layer = FreshnessBias(num_items=8)
+    layer.update(recent_clicks=clicks, age=ages)
+    weights = rng.normal(size=(2, 16)).astype("float32")
+    layer.set_weights([weights[0], weights[1], *layer.get_weights()[2:]])
+    items = rng.integers(0, 8, size=(3, 5))
+    got = keras.ops.convert_to_numpy(layer(items))
+    np.testing.assert_allclose(got, numpy_bias(clicks, ages, *weights, items), rtol=1e-6)
+    # new state, same weights
+    layer.update(recent_clicks=np.zeros(8), age=[None] * 8)
+    got = keras.ops.convert_to_numpy(layer(items))
+    np.testing.assert_allclose(got, weights[0][0] + weights[1][0] + 0 * items, rtol=1e-6)
+
+
+def test_fresh_layer_changes_no_score():
+    layer = FreshnessBias(num_items=4, num_buckets=5)
+    layer.update([3, 0, 1, 9], [1, None, 0, 4])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(np.arange(4))), 0.0)
+    assert [w.shape for w in layer.weights] == [(5,), (5,), (4,), (4,)]
+    assert len(layer.trainable_weights) == 2
+
+
+def test_config_and_saved_model_keep_weights_and_state(run_layer_test, tmp_path):
+    layer = FreshnessBias(num_items=6, num_buckets=5, name="fresh")
+    layer.update([0, 0, 3, 1, 9, 2], [None, None, 0, 2, 5, 1])
+    clicks, ages = np.arange(5, dtype="float32"), -np.arange(5, dtype="float32") / 4
+    layer.set_weights([clicks, ages, *layer.get_weights()[2:]])
+    items = np.array([[2, 3, 4], [5, 0, 1]], "int32")
+    eager, loaded = run_layer_test(layer, [items], tmp_path=tmp_path)
+    # clicks 3 -> bucket 2, age 0 -> bucket 1: 2 - 0.25; item 0: never clicked -> 0 + 0
+    assert eager[0, 0] == pytest.approx(1.75) and eager[1, 1] == 0.0
+    state = [w.numpy().tolist() for w in loaded.get_layer("fresh").non_trainable_weights]
+    assert state == [[0, 0, 2, 1, 4, 2], [0, 0, 1, 2, 3, 2]]
+
+
+@pytest.mark.parametrize(
+    ("clicks", "ages", "message"),
+    [
+        ([1, 2], [0, 0, 0], r"`recent_clicks` should have shape \(3,\)"),
+        ([1, 2, 3], [0, 0], r"`age` should have shape \(3,\)"),
+        ([1, -2, 3], [0, 0, 0], "`recent_clicks` should be non-negative"),
+        ([1, 2, 3], [0, -1, 0], "`age` should be non-negative"),
+    ],
+)
+def test_update_checks_shapes_and_signs(clicks, ages, message):
+    with pytest.raises(ValueError, match=message):
+        FreshnessBias(num_items=3).update(clicks, ages)
