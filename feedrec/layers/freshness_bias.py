@@ -96,7 +96,7 @@ class FreshnessBias(keras.layers.Layer):
         if not self.built:
             self.build()
         clicks = np.asarray(recent_clicks, dtype=np.float64)
-        ages = np.asarray([np.nan if a is None else a for a in age], dtype=np.float64)
+        ages = np.asarray(age, dtype=np.float64)  # None -> NaN
         for name, values in (("recent_clicks", clicks), ("age", ages)):
             if values.shape != (self.num_items,):
                 raise ValueError(
