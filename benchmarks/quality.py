@@ -463,9 +463,10 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
 
     Scorers per window (all on the same examples, full catalogue, history
     excluded): ``model`` (with ``[incremental] freshness_bias``, the model's
-    logit plus a :class:`feedrec.layers.FreshnessBias` trained with it, whose
-    state before window ``w`` is each item's clicks in window ``w - 1`` and its
-    age in windows; the same state while scoring and training window ``w``);
+    logit plus a :class:`feedrec.layers.FreshnessBias` trained with it; each
+    window is scored and trained slot by slot (``freshness_slot_minutes``),
+    the state for a slot starting at ``T`` being each item's clicks in
+    ``[T - recent_window_hours, T)`` and its age in hours at ``T``);
     with ``[incremental] recency_prior``, ``model+recency`` = model logit +
     beta * log(1 + the item's clicks in the hour before the example), beta
     picked from ``prior_grid`` on the previous evaluated window (past data
@@ -507,9 +508,34 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     grid = [float(b) for b in incremental.get("prior_grid", [0.25, 0.5, 1.0, 2.0, 4.0])]
     limit = incremental.get("max_windows")
     freshness = FreshnessBias(log.num_items) if incremental.get("freshness_bias") else None
+    slot_ms = int(incremental.get("freshness_slot_minutes", 10)) * 60_000
+    if freshness is not None:
+        state_at = freshness_states(log.times, log.items, log.num_items, recent_ms)
+    origin = int(log.times.min()) // HOUR_MS * HOUR_MS  # window 0 starts here
+
+    def slots(rows: np.ndarray, times: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
+        """``rows`` by the freshness slot of their ``times``: ``(slot start, rows)`` in time
+        order; one group ``(None, rows)`` without a freshness bias."""
+        if freshness is None:
+            return [(None, rows)]
+        starts = (times - origin) // slot_ms * slot_ms + origin
+        return [(int(at), rows[starts == at]) for at in np.unique(starts)]
+
+    def set_state(at: int | None):
+        """Set the freshness state for a slot starting at ``at``; each item's offset."""
+        if at is None:
+            return 0.0
+        freshness.update(*state_at(at))
+        return keras.ops.convert_to_numpy(freshness(np.arange(log.num_items)))
+
+    def scored_chunks(rows: np.ndarray):
+        """``(offsets, chunk)``: evaluated ``rows`` in chunks, each with its slot's offsets."""
+        for at, group in slots(rows, log.times[eval_rows[rows]]):
+            offsets = set_state(at)
+            for start in range(0, len(group), 1024):
+                yield offsets, group[start : start + 1024]
+
     trainer = compile_trainer(model, config, sequential, total_steps=1, item_bias=freshness)
-    first_seen = np.full(log.num_items, np.nan)  # window of each item's first click
-    last_counts = np.zeros(log.num_items)  # clicks in the previous window
     eval_rows = np.flatnonzero(log.evaluated)
     eval_batch = batch_from_table(
         log.table.take(pa.array(eval_rows)), log.history_length, num_candidates=1
@@ -533,18 +559,13 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
         names += ["popularity", "recent_popularity", "random"]
     for window in range(0, last_window + 1):
         rows = np.flatnonzero(eval_windows == window)
-        offsets = 0.0
-        if freshness is not None:
-            freshness.update(last_counts, window - 1 - first_seen)
-            offsets = keras.ops.convert_to_numpy(freshness(np.arange(log.num_items)))
         if window >= first and len(rows) >= min_examples:
             score_model = model_scorer(model, eval_batch)
             popular = break_ties(counts, seed=0)
             rng = np.random.default_rng([seed, window])
             ranks = {name: [] for name in names}
             grid_ranks = {b: [] for b in grid}
-            for start in range(0, len(rows), 1024):
-                chunk = rows[start : start + 1024]
+            for offsets, chunk in scored_chunks(rows):
                 chunk_targets = targets[chunk]
                 excluded = exclusion_lists(exclude, log.num_items, chunk)
                 model_scores = score_model(chunk) + offsets
@@ -581,26 +602,27 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             per_window.append(record)
         # then learn this window's clicks
         in_window = np.flatnonzero(log.windows == window)
-        last_counts = np.bincount(log.items[in_window], minlength=log.num_items)[: log.num_items]
-        counts += last_counts
-        first_seen[np.isnan(first_seen) & (last_counts > 0)] = window
+        counts += np.bincount(log.items[in_window], minlength=log.num_items)[: log.num_items]
         if not len(in_window) or window == last_window:
             continue
-        sequences = sequences_from_examples(
-            log.table.take(pa.array(in_window)),
-            log.history_length,
-            since=int(log.times[in_window].min()),
-            windows=sequential.windows,
-        )
         if sequential.loss == "sampled_softmax":
             recent_clicks = (log.windows > window - negative_hours) & (log.windows <= window)
             weights = np.bincount(log.items[recent_clicks], minlength=log.num_items).astype(float)
             trainer.set_sampling_weights(weights + 1e-3)
         started = time.perf_counter()
-        batches = sequence_dataset(
-            sequences, config.train.batch_size, seed * 100_003 + window, sequential.width_multiple
-        )
-        trainer.fit(batches, epochs=epochs, verbose=0, shuffle=False)
+        for part, (at, part_rows) in enumerate(slots(in_window, log.times[in_window])):
+            set_state(at)
+            sequences = sequences_from_examples(
+                log.table.take(pa.array(part_rows)),
+                log.history_length,
+                since=int(log.times[part_rows].min()),
+                windows=sequential.windows,
+            )
+            batch_seed = seed * 100_003 + window + 1_000_003 * part
+            batches = sequence_dataset(
+                sequences, config.train.batch_size, batch_seed, sequential.width_multiple
+            )
+            trainer.fit(batches, epochs=epochs, verbose=0, shuffle=False)
         train_seconds += time.perf_counter() - started
         if window % 24 == 0:
             logger.info("seed %d window %d: %s", seed, window, json.dumps(per_window[-1:] or None))
@@ -608,6 +630,27 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
         name: rounded(_average_windows(per_window, "" if name == "model" else f"{name}/"))
         for name in names
     } | {"per_window": per_window, "train_s": train_seconds}
+
+
+def freshness_states(times: np.ndarray, items: np.ndarray, num_items: int, recent_ms: int):
+    """``state(at)``: each item's clicks in ``[at - recent_ms, at)`` and its age at ``at``.
+
+    The age is in hours since the item's first click, NaN where that click is
+    not before ``at``: nothing at or after ``at`` is used.
+    """
+    order = np.argsort(times, kind="stable")
+    sorted_times, sorted_items = times[order], items[order]
+    first = np.full(num_items, np.inf)
+    np.minimum.at(first, items, times)
+
+    def state(at: int) -> tuple[np.ndarray, np.ndarray]:
+        low, high = np.searchsorted(sorted_times, [at - recent_ms, at])
+        clicks = np.bincount(sorted_items[low:high], minlength=num_items)[:num_items]
+        with np.errstate(invalid="ignore"):
+            age = np.where(first < at, (at - first) / HOUR_MS, np.nan)
+        return clicks, age
+
+    return state
 
 
 def eval_batch_targets(batch, rows: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.quality import CONFIGS, GloboLog, incremental_run, load_spec
-from feedrec.layers import FreshnessBias
+from benchmarks import quality
+from benchmarks.quality import CONFIGS, GloboLog, freshness_states, incremental_run, load_spec
 from pipelines.prepare import PrepareOptions, prepare
 
 HEADER = (
@@ -61,26 +61,46 @@ def test_every_window_after_the_first_is_evaluated_with_metrics_in_range(globo_l
         assert 0 <= result[name]["ndcg@20"] <= result[name]["hr@20"] <= 1
 
 
-def test_freshness_state_before_a_window_comes_from_the_windows_before_it(globo_log, monkeypatch):
-    states = []
-    update = FreshnessBias.update
+def test_freshness_state_counts_only_clicks_before_its_time():
+    times = np.array([5, 1, 9, 3, 3, 12, 7]) * HOUR // 4
+    items = np.array([2, 3, 2, 4, 2, 3, 5])
+    state = freshness_states(times, items, 7, recent_ms=HOUR)
+    for at in np.arange(0, 16) * HOUR // 4:
+        clicks, age = state(int(at))
+        recent = (times >= at - HOUR) & (times < at)
+        np.testing.assert_array_equal(clicks, np.bincount(items[recent], minlength=7))
+        for item in range(7):
+            before = times[(items == item) & (times < at)]
+            expected = (at - before.min()) / HOUR if len(before) else np.nan
+            np.testing.assert_equal(age[item], expected)
 
-    def record(layer, recent_clicks, age):
-        states.append((np.array(recent_clicks, float), np.array(age, float)))
-        update(layer, recent_clicks, age)
 
-    monkeypatch.setattr(FreshnessBias, "update", record)
-    spec = tiny_spec(freshness_bias=True)
+def test_freshness_bias_is_scored_and_trained_slot_by_slot(globo_log, monkeypatch):
+    calls = []
+    state_of = quality.freshness_states
+
+    def recording(*args, **kwargs):
+        state = state_of(*args, **kwargs)
+
+        def at(time):
+            calls.append(time)
+            return state(time)
+
+        return at
+
+    monkeypatch.setattr(quality, "freshness_states", recording)
+    spec = tiny_spec(freshness_bias=True, freshness_slot_minutes=20)
     with_bias = incremental_run(globo_log, spec, 0, spec["incremental"], with_baselines=False)
     plain = tiny_spec()
     without = incremental_run(globo_log, plain, 0, plain["incremental"], with_baselines=False)
-    assert len(states) == 6  # once per window, before its scoring and training
-    items, windows = globo_log.items, globo_log.windows
-    for window, (clicks, ages) in enumerate(states):
-        previous = np.bincount(items[windows == window - 1], minlength=globo_log.num_items)
-        np.testing.assert_array_equal(clicks, previous[: globo_log.num_items])
-        seen = np.unique(items[windows < window])
-        first = np.array([windows[items == item].min() for item in seen])
-        np.testing.assert_array_equal(ages[seen], window - 1 - first)
-        assert np.isnan(np.delete(ages, seen)).all()  # never clicked before the window
     assert with_bias["model"] != without["model"]
+    times, windows = globo_log.times, globo_log.windows
+    slot = 20 * 60_000
+    expected = []
+    for window in range(6):
+        evaluated = times[globo_log.evaluated & (windows == window)]
+        if window >= 1:  # scoring: the slots with an evaluated click
+            expected += sorted({int(t) // slot * slot for t in evaluated})
+        if window < 5:  # training: the slots with a click (not after the last window)
+            expected += sorted({int(t) // slot * slot for t in times[windows == window]})
+    assert calls == expected
