@@ -574,7 +574,7 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
             self.generator = tf.random.Generator.from_seed(seed)
             self.all_items = tf.range(num_items, dtype=tf.int32)
             if item_bias is not None and not item_bias.built:
-                item_bias.build()  # its variables exist before the first traced step
+                item_bias(np.zeros((1,), "int32"))  # its variables exist before a traced step
             self.item_bias = item_bias
 
         def set_sampling_weights(self, weights) -> None:

@@ -317,9 +317,10 @@ def test_a_constant_bias_leaves_the_loss_alone_and_a_varying_one_does_not(loss):
 
 
 def test_the_trainer_learns_the_bias_weights():
-    layer = FreshnessBias(num_items=30)
-    layer.update(recent_clicks=np.arange(30), age=np.arange(30))
+    layer = FreshnessBias(num_items=30)  # not built yet: the trainer builds it
     _, trainer, x, y = trainer_and_batch("sampled_softmax", layer, num_negatives=8, seed=3)
+    assert layer.built
+    layer.update(recent_clicks=np.arange(30), age=np.arange(30))
     trainer.compile(optimizer=keras.optimizers.Adam(0.05))
     for _ in range(3):
         trainer.train_on_batch(x, y)
