@@ -74,13 +74,19 @@ class FreshnessBias(keras.layers.Layer):
         self.click_weights = self.add_weight(buckets, initializer="zeros", name="click_weights")
         self.age_weights = self.add_weight(buckets, initializer="zeros", name="age_weights")
         self.click_buckets = self.add_weight(
-            (self.num_items,), initializer="zeros", dtype="int32", trainable=False,
+            (self.num_items,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
             name="click_buckets",
-        )  # fmt: skip
+        )
         self.age_buckets = self.add_weight(
-            (self.num_items,), initializer="zeros", dtype="int32", trainable=False,
+            (self.num_items,),
+            initializer="zeros",
+            dtype="int32",
+            trainable=False,
             name="age_buckets",
-        )  # fmt: skip
+        )
         super().build(items_shape)
 
     def update(self, recent_clicks, age) -> None:
@@ -103,7 +109,9 @@ class FreshnessBias(keras.layers.Layer):
                     f"`{name}` should have shape ({self.num_items},). Received: {values.shape}"
                 )
             if (values < 0).any():
-                raise ValueError(f"`{name}` should be non-negative. Received: min={values.min()}")
+                raise ValueError(
+                    f"`{name}` should be non-negative. Received: min={np.nanmin(values)}"
+                )
         # an item clicked has age + 1 >= 1, so bucket >= 1; 0 is "never clicked"
         age_buckets = np.where(np.isnan(ages), 0, log2_buckets(ages + 1, self.num_buckets))
         self.click_buckets.assign(log2_buckets(clicks, self.num_buckets))
