@@ -620,12 +620,14 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
                 self.log_probabilities,
                 correction=self.correction,
             )
-            if self.item_bias is not None:
-                positive_offsets = self.item_bias(positives)[:, None]
-                negative_offsets = ops.broadcast_to(
-                    self.item_bias(negatives)[None, :], ops.shape(logits[:, 1:])
+            if self.item_bias is not None:  # column 0 is the positive, then the negatives
+                logits = ops.concatenate(
+                    [
+                        logits[:, :1] + self.item_bias(positives)[:, None],
+                        logits[:, 1:] + self.item_bias(negatives)[None, :],
+                    ],
+                    axis=-1,
                 )
-                logits = logits + ops.concatenate([positive_offsets, negative_offsets], axis=-1)
             return self.next_item_loss(ops.zeros_like(positives), logits)
 
     return _Trainer()
