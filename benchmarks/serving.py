@@ -28,10 +28,21 @@ The export is made from a model with the default architecture
 (``feedrec.config.ModelConfig()``: L=50, dim 64, 1 block, 2 heads, attention
 pooling, category and subcategory features) and ``--items`` random items,
 or from a trained run with ``--run``. Weights do not change the cost. The
-measurement runs in a fresh process that loads the SavedModel with
-``tf.saved_model.load`` (feedrec is not imported there) and calls the
-signature's concrete function with pre-built tensors. Requests use full
-histories of L known clicks (the worst case: no padded slot is skipped).
+measurement runs in a fresh process (feedrec is not imported there), once per
+client (``--clients``):
+
+* ``eager``: ``tf.saved_model.load`` and the signature's concrete function,
+  called from Python with pre-built tensors (a Python service);
+* ``session``: TF Serving's way of running a SavedModel: the session-based
+  loader (``tf.compat.v1.saved_model.loader.load``, the C++ SavedModelBundle),
+  the SignatureDef's tensor names and one ``Session::Run`` per request (through
+  ``Session.make_callable``), the thread pools set in the session's config as
+  TF Serving's ``--tensorflow_intra_op_parallelism`` and
+  ``--tensorflow_inter_op_parallelism`` set them. Its scores are first checked
+  against the eager client's on the same requests.
+
+Requests use full histories of L known clicks (the worst case: no padded slot
+is skipped).
 
 Usage::
 
@@ -39,6 +50,7 @@ Usage::
     python benchmarks/serving.py --variants default --repeats 5 --cpus 0,1
     python benchmarks/serving.py --run runs/mind     # a trained run's export
     python benchmarks/serving.py --env TF_ENABLE_ONEDNN_OPTS=0   # a server setting
+    python benchmarks/serving.py --clients session --intra-op 1 --inter-op 1
 
 The published figures (README, "Serving benchmark") are those of
 ``python benchmarks/serving.py --repeats 3`` on a quiet machine (check
@@ -49,6 +61,7 @@ waits for a core and the figures are not comparable).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -66,11 +79,37 @@ import numpy as np
 import tensorflow as tf
 
 args = json.loads(sys.argv[1])
-if args["intra_op"]:
-    tf.config.threading.set_intra_op_parallelism_threads(args["intra_op"])
-if args["inter_op"]:
-    tf.config.threading.set_inter_op_parallelism_threads(args["inter_op"])
-serving = tf.saved_model.load(args["export"])
+session = args["client"] == "session"
+if session:
+    # TF Serving's way: a graph session (its SavedModelBundle), the MetaGraph's
+    # restore and table-initialisation ops, the SignatureDef's tensor names, one
+    # C++ Session::Run per request, thread pools from the session config.
+    graph = tf.Graph()
+    runner = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=args["intra_op"],
+        inter_op_parallelism_threads=args["inter_op"]))
+    with graph.as_default():
+        meta_graph = tf.compat.v1.saved_model.loader.load(runner, ["serve"], args["export"])
+
+    def signature(name):
+        definition = meta_graph.signature_def[name]
+        names = sorted(definition.inputs)
+        (output,) = definition.outputs.values()
+        call = runner.make_callable(output.name, [definition.inputs[n].name for n in names])
+        return lambda **feeds: call(*(feeds[n] for n in names))
+
+    tensor = np.asarray
+else:
+    if args["intra_op"]:
+        tf.config.threading.set_intra_op_parallelism_threads(args["intra_op"])
+    if args["inter_op"]:
+        tf.config.threading.set_inter_op_parallelism_threads(args["inter_op"])
+    serving = tf.saved_model.load(args["export"])
+
+    def signature(name):
+        return serving.signatures[name]
+
+    tensor = tf.constant
 assert "feedrec" not in sys.modules
 items = [line.split("\t", 1)[0]
          for line in open(os.path.join(args["export"], "assets", "items.tsv"))]
@@ -80,15 +119,15 @@ def pick(shape):
     return np.array(items, dtype=object)[rng.integers(0, len(items), shape)]
 
 def request(users):
-    return {"history": tf.constant(pick((users, args["history"]))),
-            "candidates": tf.constant(pick((users, args["candidates"])))}
+    return {"history": tensor(pick((users, args["history"]))),
+            "candidates": tensor(pick((users, args["candidates"])))}
 
 def realistic_request(clicks):
     # one user, ``clicks`` real clicks right-padded with "" to the benchmark's width
     history = pick((1, args["history"]))
     history[:, clicks:] = ""
-    return {"history": tf.constant(history),
-            "candidates": tf.constant(pick((1, args["candidates"])))}
+    return {"history": tensor(history),
+            "candidates": tensor(pick((1, args["candidates"])))}
 
 def measure(fn, inputs, calls, warmup):
     # ``inputs``: one request, or a list of requests sent in turn
@@ -124,18 +163,25 @@ def throughput(fn, inputs, calls, threads):
     with ThreadPoolExecutor(threads) as pool:
         times = [t for ts in pool.map(client, range(threads)) for t in ts]
     wall = time.perf_counter() - start
-    users = len(times) * inputs["history"].shape[0]
+    users = len(times) * len(inputs["history"])
     return users / wall, np.median(times) * 1e3, (time.process_time() - cpu) / len(times)
 
 def emit(line):
-    line.update(export=args["name"], load_avg_1m=round(os.getloadavg()[0], 2))
+    line.update(export=args["name"], client=args["client"],
+                load_avg_1m=round(os.getloadavg()[0], 2))
     print(json.dumps(line), flush=True)
 
-serve = serving.signatures["serving_default"]
-item_embedding = serving.signatures["item_embedding"]
+serve = signature("serving_default")
+item_embedding = signature("item_embedding")
 one = request(1)
 batch = request(args["batch"])
-floor_input = {"items": tf.constant([items[0]])}
+floor_input = {"items": tensor([items[0]])}
+if session:
+    # the session computes what the loaded SavedModel does (same export, same requests)
+    reference = tf.saved_model.load(args["export"]).signatures["serving_default"]
+    for inputs in (one, batch):
+        expected = reference(**{k: tf.constant(v) for k, v in inputs.items()})["scores"]
+        np.testing.assert_allclose(serve(**inputs), expected.numpy(), rtol=1e-5, atol=1e-5)
 realistic = [realistic_request(min(n, args["history"])) for n in args["realistic_lengths"]]
 results = {"latency": [], "floor": [], **{f"throughput_x{n}": [] for n in args["concurrency"]}}
 if realistic:
@@ -252,6 +298,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[1, 2],
         help="concurrent batch requests (a server's clients), one figure each",
     )
+    parser.add_argument(
+        "--clients",
+        nargs="+",
+        choices=("eager", "session"),
+        default=["eager", "session"],
+        help="how the measuring process calls the export: `eager` (tf.saved_model.load, "
+        "a signature's concrete function from Python) or `session` (TF Serving's "
+        "session-based loader and one Session::Run per request); one set of figures each",
+    )
     parser.add_argument("--intra-op", type=int, default=0, help="TF intra-op threads (0: TF's)")
     parser.add_argument("--inter-op", type=int, default=0, help="TF inter-op threads (0: TF's)")
     parser.add_argument(
@@ -284,10 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"figure": "latency_realistic", "skipped": f"no {args.realistic}"}))
     with tempfile.TemporaryDirectory(prefix="feedrec-serving-") as tmp:
         paths = make_exports(args.variants, args.items, args.run, Path(tmp))
-        for variant, path in paths.items():
+        for (variant, path), client in itertools.product(paths.items(), args.clients):
             child = {
                 "export": str(path),
                 "name": variant,
+                "client": client,
                 "history": args.history,
                 "candidates": args.candidates,
                 "batch": args.batch,
@@ -305,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                 command = ["taskset", "-c", args.cpus, *command]
             env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **settings}
             if settings:
-                print(json.dumps({"figure": "settings", "export": variant, "env": settings}))
+                line = {"figure": "settings", "export": variant, "client": client, "env": settings}
+                print(json.dumps(line))
                 sys.stdout.flush()
             result = subprocess.run(command, env=env, cwd=tmp, stdout=sys.stdout)
             if result.returncode:
