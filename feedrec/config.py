@@ -53,6 +53,9 @@ class ModelConfig:
         loss: ``softmax`` (clicked item against its negatives) or ``binary``.
         norm_first: pre-norm Transformer blocks plus a final LayerNorm
             (SASRec's layout) instead of post-norm blocks.
+        relative_position_bias: a learned attention bias per head for how
+            many clicks apart two clicks are (recency relative to each query
+            click), on top of the absolute position embeddings.
     """
 
     history_length: int = 50
@@ -66,6 +69,7 @@ class ModelConfig:
     feature_combiner: str = "sum"
     loss: str = "softmax"
     norm_first: bool = False
+    relative_position_bias: bool = False
 
     def __post_init__(self) -> None:
         _check_positive(self, "history_length", "embedding_dim", "num_heads", "feed_forward_dim")
@@ -83,10 +87,11 @@ class ModelConfig:
         _check_choice(self, "pooling", POOLING_MODES)
         _check_choice(self, "loss", LOSSES)
         _check_choice(self, "feature_combiner", FEATURE_COMBINERS)
-        if not isinstance(self.norm_first, bool):
-            raise ValueError(
-                f"`norm_first` should be a bool. Received: norm_first={self.norm_first!r}"
-            )
+        for name in ("norm_first", "relative_position_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"`{name}` should be a bool. Received: {name}={getattr(self, name)!r}"
+                )
         object.__setattr__(self, "item_features", tuple(self.item_features))
 
 

@@ -31,6 +31,16 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
     * outputs at masked query positions are exactly 0 (the query mask is
       re-applied to the output, after the output projection's bias).
 
+    Relative positions (``max_relative_distance=D``): a learned scalar per
+    head and per distance ``i - j`` between query slot ``i`` and key slot
+    ``j``, clipped to ``[-D, D]``, is added to the scaled scores before the
+    mask (T5-style relative position bias, one bucket per distance). In
+    self-attention over a right-padded history the distance between two
+    real clicks is how many clicks apart they are, whatever the padding, so
+    the bias can express recency directly (how far back a click is from the
+    query click). Zero-initialised: a fresh layer computes what it would
+    without it. Masked keys still get exactly zero weight.
+
     Args:
         num_heads: int. Number of attention heads.
         key_dim: int or None. Size of each head's query/key/value projection.
@@ -38,6 +48,9 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
             ``num_heads`` (which must then divide it).
         dropout: float. Dropout rate on the attention weights. Defaults to 0.
         use_bias: bool. Whether the projections have biases. Defaults to True.
+        max_relative_distance: int or None. Learn a relative position bias
+            for distances up to this (larger ones share the last bucket).
+            Defaults to ``None``: no relative position bias.
         kernel_initializer: str or initializer. Defaults to ``"glorot_uniform"``.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
@@ -77,16 +90,19 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         dropout: float = 0.0,
         use_bias: bool = True,
         kernel_initializer="glorot_uniform",
+        max_relative_distance: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         check_positive_int("key_dim", key_dim, allow_none=True)
         check_rate("dropout", dropout)
+        check_positive_int("max_relative_distance", max_relative_distance, allow_none=True)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.dropout = dropout
         self.use_bias = use_bias
+        self.max_relative_distance = max_relative_distance
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def build(self, query_shape, value_shape, key_shape=None) -> None:
@@ -133,7 +149,25 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         )
         self._output_dense.build((None, None, self.num_heads, head_dim))
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        self.relative_bias = None
+        if self.max_relative_distance is not None:
+            # (heads, 2D + 1): column D + d holds the bias of distance d = i - j
+            self.relative_bias = self.add_weight(
+                shape=(self.num_heads, 2 * self.max_relative_distance + 1),
+                initializer="zeros",
+                name="relative_bias",
+            )
         self.built = True
+
+    def _relative_bias(self, query_len, key_len, dtype):
+        """The ``(1, heads, query_len, key_len)`` bias of each slot pair's distance."""
+        limit = self.max_relative_distance
+        distance = ops.expand_dims(ops.arange(query_len), 1) - ops.expand_dims(
+            ops.arange(key_len), 0
+        )
+        buckets = ops.clip(distance, -limit, limit) + limit
+        bias = ops.take(ops.cast(self.relative_bias, dtype), buckets, axis=1)
+        return ops.expand_dims(bias, 0)
 
     def _combined_mask(self, query, key, query_mask, value_mask, attention_mask, use_causal):
         mask = None
@@ -171,6 +205,9 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         v = self._value_dense(value)
         scale = ops.cast(1.0 / math.sqrt(self._head_dim), q.dtype)
         scores = ops.einsum("btnh,bsnh->bnts", q * scale, k)
+        if self.relative_bias is not None:
+            shape = ops.shape(scores)
+            scores = scores + self._relative_bias(shape[2], shape[3], scores.dtype)
         if mask is not None:
             mask = ops.expand_dims(mask, 1)  # broadcast over heads
         weights = masked_softmax(scores, mask)
@@ -194,6 +231,7 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "max_relative_distance": self.max_relative_distance,
             }
         )
         return config

@@ -39,6 +39,9 @@ class TransformerBlock(keras.layers.Layer):
         activation: str. Feed-forward activation. Defaults to ``"gelu"``.
         norm_first: bool. Pre-norm instead of post-norm. Defaults to False.
         layer_norm_epsilon: float. Defaults to ``1e-6``.
+        max_relative_distance: int or None. A learned relative position bias
+            in the self-attention (see :class:`MaskedMultiHeadAttention`).
+            Defaults to ``None``.
         kernel_initializer: str or initializer. Defaults to ``"glorot_uniform"``.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
@@ -73,12 +76,15 @@ class TransformerBlock(keras.layers.Layer):
         layer_norm_epsilon: float = 1e-6,
         kernel_initializer="glorot_uniform",
         norm_first: bool = False,
+        max_relative_distance: int | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         check_positive_int("feed_forward_dim", feed_forward_dim)
         check_rate("dropout", dropout)
+        check_positive_int("max_relative_distance", max_relative_distance, allow_none=True)
+        self.max_relative_distance = max_relative_distance
         if not isinstance(norm_first, bool):
             raise ValueError(f"`norm_first` should be a bool. Received: norm_first={norm_first!r}")
         self.norm_first = norm_first
@@ -103,6 +109,7 @@ class TransformerBlock(keras.layers.Layer):
             num_heads=self.num_heads,
             dropout=self.dropout,
             kernel_initializer=self.kernel_initializer,
+            max_relative_distance=self.max_relative_distance,
             name="self_attention",
             **common,
         )
@@ -169,6 +176,7 @@ class TransformerBlock(keras.layers.Layer):
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "norm_first": self.norm_first,
+                "max_relative_distance": self.max_relative_distance,
             }
         )
         return config

@@ -258,6 +258,7 @@ def build_model(
         pooling=model_config.pooling,
         causal=causal,
         norm_first=model_config.norm_first,
+        relative_position_bias=model_config.relative_position_bias,
         name="user_encoder",
     )
     model = FeedRecModel(item_encoder, user_encoder, name="feedrec")

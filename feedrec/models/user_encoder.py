@@ -58,6 +58,12 @@ class UserEncoder(keras.layers.Layer):
             final LayerNorm, instead of post-norm blocks. Pre-norm trains
             deeper stacks at higher learning rates without a warm-up.
             Defaults to False.
+        relative_position_bias: bool. Each block's self-attention adds a
+            learned bias per head for how many clicks apart the query and
+            key clicks are (up to ``history_length - 1``; see
+            :class:`feedrec.layers.MaskedMultiHeadAttention`), so recency
+            relative to the query click is explicit, not only learnable from
+            the absolute positions. Defaults to False.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -94,6 +100,7 @@ class UserEncoder(keras.layers.Layer):
         causal: bool = False,
         use_position_embedding: bool = True,
         norm_first: bool = False,
+        relative_position_bias: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -118,6 +125,12 @@ class UserEncoder(keras.layers.Layer):
         if not isinstance(norm_first, bool):
             raise ValueError(f"`norm_first` should be a bool. Received: norm_first={norm_first!r}")
         self.norm_first = norm_first
+        if not isinstance(relative_position_bias, bool):
+            raise ValueError(
+                "`relative_position_bias` should be a bool. "
+                f"Received: relative_position_bias={relative_position_bias!r}"
+            )
+        self.relative_position_bias = relative_position_bias
         common = {"dtype": self.dtype_policy}
         # Sublayers are created here so that argument errors surface at once.
         self.position_embedding = (
@@ -132,6 +145,9 @@ class UserEncoder(keras.layers.Layer):
                 dropout=dropout,
                 causal=causal,
                 norm_first=norm_first,
+                max_relative_distance=(
+                    max(history_length - 1, 1) if relative_position_bias else None
+                ),
                 name=f"transformer_block_{index}",
                 **common,
             )
@@ -219,6 +235,7 @@ class UserEncoder(keras.layers.Layer):
                 "causal": self.causal,
                 "use_position_embedding": self.use_position_embedding,
                 "norm_first": self.norm_first,
+                "relative_position_bias": self.relative_position_bias,
             }
         )
         return config

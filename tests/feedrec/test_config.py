@@ -30,6 +30,7 @@ def test_file_and_overrides(tmp_path, suffix):
         ({"pooling": "max"}, "pooling.*Received: pooling='max'"),
         ({"dropout": 1.5}, "dropout=1.5"),
         ({"history_length": 0}, "history_length=0"),
+        ({"relative_position_bias": "true"}, "relative_position_bias='true'"),
     ],
 )
 def test_bad_values_are_named(kwargs, match):

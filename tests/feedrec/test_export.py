@@ -285,6 +285,28 @@ def test_jit_compiled_export_gives_the_same_scores(model, serving, tmp_path):
     np.testing.assert_allclose(expected, model_scores(model, history, candidates), atol=1e-5)
 
 
+def test_relative_position_bias_export_gives_the_model_scores(tmp_path):
+    # A causal last-click model with learned relative distances (random here):
+    # the export serves what the in-memory model computes, padding anywhere.
+    import dataclasses
+
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(3)
+    config = dataclasses.replace(
+        MODEL_CONFIG, pooling="last", relative_position_bias=True, item_features=()
+    )
+    model = build_model(config, len(ITEM_IDS), causal=True)
+    tables = [w for w in model.weights if "relative_bias" in w.path]
+    assert tables
+    for table in tables:
+        table.assign(np.random.default_rng(0).normal(size=table.shape))
+    served = export.load_export(export.export_model(model, ITEM_IDS, tmp_path))
+    history = [["N10", "N11", "N12"], ["N15", "", "N13"], ["", "", ""]]
+    candidates = [["N12", "N13", "X"], ["N10", "N15", "N11"], ["N11", "N14", "N10"]]
+    expected = model_scores(model, [["N10", "N11", "N12"], ["N15", "N13"], []], candidates)
+    np.testing.assert_allclose(serve(served, history, candidates), expected, atol=1e-5)
+
+
 def test_next_version_counts_integer_names_only(tmp_path):
     assert export.next_version(tmp_path / "missing") == 1
     for name in ("3", "10", ".export-tmp-x", "11-old", "notes"):

@@ -24,13 +24,23 @@ def _garbage(inputs, mask, seed=1):
     return np.where(mask[..., None], inputs, noise).astype("float32")
 
 
-def _reference_attention(layer, x, mask):
-    """Multi-head attention written out in numpy from the layer's weights."""
-    wq, bq, wk, bk, wv, bv, wo, bo = (w.numpy() for w in layer.weights)
+def _reference_attention(layer, x, mask, relative_bias=None):
+    """Multi-head attention written out in numpy from the layer's weights.
+
+    ``relative_bias``: ``(heads, 2D + 1)``, column ``D + d`` added to the score
+    of every query/key pair ``d = i - j`` slots apart (clipped to ``[-D, D]``).
+    """
+    projections = [w.numpy() for w in layer.weights if "relative_bias" not in w.path]
+    wq, bq, wk, bk, wv, bv, wo, bo = projections
     q = np.einsum("btd,dnh->btnh", x, wq) + bq
     k = np.einsum("btd,dnh->btnh", x, wk) + bk
     v = np.einsum("btd,dnh->btnh", x, wv) + bv
     scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    if relative_bias is not None:
+        limit = (relative_bias.shape[1] - 1) // 2
+        for i in range(x.shape[1]):
+            for j in range(x.shape[1]):
+                scores[:, :, i, j] += relative_bias[:, np.clip(i - j, -limit, limit) + limit]
     weights = np.zeros_like(scores)
     out = np.zeros(x.shape, dtype="float64")
     for b in range(x.shape[0]):
@@ -59,6 +69,83 @@ def test_attention_matches_hand_computation(inputs, lengths_mask):
     expected_out, expected_weights = _reference_attention(layer, inputs, mask)
     np.testing.assert_allclose(weights.numpy(), expected_weights, atol=1e-5)
     np.testing.assert_allclose(out.numpy(), expected_out, atol=1e-5)
+
+
+def _with_random_relative_bias(layer, seed=5):
+    """Give ``layer``'s relative bias table non-zero values; returns them."""
+    values = np.random.default_rng(seed).normal(size=layer.relative_bias.shape)
+    layer.relative_bias.assign(values)
+    return values
+
+
+@pytest.mark.parametrize("limit", [2, LENGTH - 1, 10], ids=lambda d: f"D{d}")
+def test_relative_bias_matches_hand_computation(inputs, lengths_mask, limit):
+    # Distances beyond D share the last bucket: D=2 clips, D=5 and D=10 do not.
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(
+        num_heads=HEADS, kernel_initializer="random_normal", max_relative_distance=limit
+    )
+    layer(inputs, inputs, query_mask=mask, value_mask=mask)
+    bias = _with_random_relative_bias(layer)
+    out, weights = layer(
+        inputs, inputs, query_mask=mask, value_mask=mask, return_attention_scores=True
+    )
+    expected_out, expected_weights = _reference_attention(layer, inputs, mask, bias)
+    np.testing.assert_allclose(weights.numpy(), expected_weights, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), expected_out, atol=1e-5)
+
+
+def test_relative_bias_alone_sets_the_weights_by_distance(lengths_mask):
+    # With zero projections every score is 0, so the weights are the softmax of
+    # the bias of each key's distance over the query's unmasked keys.
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(
+        num_heads=1, kernel_initializer="zeros", max_relative_distance=LENGTH - 1
+    )
+    x = np.ones((BATCH, LENGTH, DIM), "float32")
+    layer(x, x, query_mask=mask, value_mask=mask, use_causal_mask=True)
+    # bias -d for a key d clicks back: recency decays by e per click
+    layer.relative_bias.assign(-np.abs(np.arange(-(LENGTH - 1), LENGTH))[None, :].astype(float))
+    _, weights = layer(
+        x, x, query_mask=mask, value_mask=mask, use_causal_mask=True, return_attention_scores=True
+    )
+    query = 3  # row 0 has 4 clicks: keys 0..3 are 3, 2, 1, 0 clicks back
+    expected = np.exp(-np.array([3.0, 2.0, 1.0, 0.0]))
+    row = weights.numpy()[0, 0, query]
+    np.testing.assert_allclose(row[:4], expected / expected.sum(), atol=1e-6)
+    assert np.all(row[4:] == 0.0)
+
+
+def test_zero_relative_bias_is_attention_without_it(inputs, lengths_mask):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    plain = MaskedMultiHeadAttention(num_heads=HEADS, kernel_initializer="random_normal")
+    biased = MaskedMultiHeadAttention(
+        num_heads=HEADS, kernel_initializer="random_normal", max_relative_distance=3
+    )
+    expected = plain(inputs, inputs, query_mask=mask, value_mask=mask).numpy()
+    biased(inputs, inputs, query_mask=mask, value_mask=mask)
+    projections = [w for w in biased.weights if "relative_bias" not in w.path]
+    for source, target in zip(plain.weights, projections, strict=True):
+        target.assign(source.numpy())
+    assert np.all(biased.relative_bias.numpy() == 0.0)  # zero-initialised
+    got = biased(inputs, inputs, query_mask=mask, value_mask=mask).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_relative_bias_keeps_padding_exact(inputs, lengths_mask, causal):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(num_heads=HEADS, max_relative_distance=LENGTH - 1)
+    kwargs = {"query_mask": mask, "value_mask": mask, "use_causal_mask": causal}
+    layer(inputs, inputs, **kwargs)
+    _with_random_relative_bias(layer)
+    clean, weights = layer(inputs, inputs, return_attention_scores=True, **kwargs)
+    noisy = layer(_garbage(inputs, mask), _garbage(inputs, mask), **kwargs)
+    np.testing.assert_allclose(noisy.numpy(), clean.numpy(), atol=1e-6)
+    weights = weights.numpy()
+    assert np.all(weights[np.broadcast_to(~mask[:, None, None, :], weights.shape)] == 0.0)
+    assert np.all(clean.numpy()[~mask] == 0.0)
+    assert np.all(weights[2] == 0.0)
 
 
 def test_padded_keys_get_exactly_zero_weight_and_padded_queries_zero_output(inputs, lengths_mask):
@@ -200,8 +287,22 @@ def test_attention_round_trip(inputs, lengths_mask, run_layer_test, tmp_path):
     )
 
 
-@pytest.mark.parametrize(("causal", "norm_first"), [(False, False), (True, False), (True, True)])
-def test_block_round_trip(inputs, lengths_mask, run_layer_test, tmp_path, causal, norm_first):
+def test_attention_with_relative_bias_round_trip(inputs, lengths_mask, run_layer_test, tmp_path):
+    mask = lengths_mask(LENGTHS, LENGTH)
+    layer = MaskedMultiHeadAttention(num_heads=HEADS, max_relative_distance=4, name="attention")
+    layer(inputs, inputs, query_mask=mask, value_mask=mask)
+    _with_random_relative_bias(layer)
+    run_layer_test(layer, (inputs, inputs), {"query_mask": mask, "value_mask": mask}, tmp_path)
+    assert layer.get_config()["max_relative_distance"] == 4
+
+
+@pytest.mark.parametrize(
+    ("causal", "norm_first", "relative"),
+    [(False, False, None), (True, False, None), (True, True, None), (True, True, LENGTH - 1)],
+)
+def test_block_round_trip(
+    inputs, lengths_mask, run_layer_test, tmp_path, causal, norm_first, relative
+):
     mask = lengths_mask(LENGTHS, LENGTH)
     block = TransformerBlock(
         HEADS,
@@ -209,6 +310,7 @@ def test_block_round_trip(inputs, lengths_mask, run_layer_test, tmp_path, causal
         dropout=0.1,
         causal=causal,
         norm_first=norm_first,
+        max_relative_distance=relative,
         name="block",
     )
     run_layer_test(block, (inputs,), {"mask": mask}, tmp_path)
@@ -220,6 +322,7 @@ def test_block_round_trip(inputs, lengths_mask, run_layer_test, tmp_path, causal
         ({"num_heads": 0}, "num_heads=0"),
         ({"num_heads": 2, "key_dim": -1}, "key_dim=-1"),
         ({"num_heads": 2, "dropout": 1.5}, "dropout=1.5"),
+        ({"num_heads": 2, "max_relative_distance": 0}, "max_relative_distance=0"),
     ],
 )
 def test_attention_argument_checks(kwargs, match):
@@ -234,6 +337,10 @@ def test_attention_argument_checks(kwargs, match):
         ({"num_heads": 2, "feed_forward_dim": 0}, "feed_forward_dim=0"),
         ({"num_heads": 2, "feed_forward_dim": 4, "dropout": -0.1}, "dropout=-0.1"),
         ({"num_heads": 2, "feed_forward_dim": 4, "norm_first": "yes"}, "norm_first='yes'"),
+        (
+            {"num_heads": 2, "feed_forward_dim": 4, "max_relative_distance": 1.5},
+            "max_relative_distance=1.5",
+        ),
     ],
 )
 def test_block_argument_checks(kwargs, match):

@@ -42,6 +42,56 @@ def test_padded_slots_change_nothing(lengths_mask, pooling, num_layers, training
     assert np.all(np.isfinite(clean))
 
 
+def _relative_encoder(**kwargs):
+    """A 2-block causal encoder with relative position bias, last-click pooling."""
+    settings = {"pooling": "last", "causal": True, **kwargs}
+    return UserEncoder(
+        LENGTH,
+        num_heads=2,
+        num_layers=2,
+        feed_forward_dim=16,
+        relative_position_bias=True,
+        **settings,
+    )
+
+
+def _randomise_relative_bias(encoder, seed=11):
+    tables = [w for w in encoder.weights if "relative_bias" in w.path]
+    rng = np.random.default_rng(seed)
+    for table in tables:
+        table.assign(rng.normal(size=table.shape))
+    return tables
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_relative_position_bias_keeps_padding_exact(lengths_mask, pooling, causal, training):
+    encoder = _relative_encoder(pooling=pooling, causal=causal, norm_first=True)
+    vectors = _vectors()
+    mask = lengths_mask(LENGTHS, LENGTH)
+    before = encoder(vectors, LENGTHS).numpy()
+    assert len(_randomise_relative_bias(encoder)) == 2  # one table per block
+    clean = encoder(vectors, LENGTHS, training=training).numpy()
+    noisy = encoder(_with_garbage(vectors, mask), LENGTHS, training=training).numpy()
+    np.testing.assert_allclose(noisy, clean, atol=1e-6)
+    if not training:
+        assert not np.allclose(encoder(vectors, LENGTHS).numpy(), before, atol=1e-4)
+
+
+def test_relative_position_bias_gives_the_same_vector_at_any_padded_width():
+    # A relative distance counts clicks, so a history of <= 4 clicks padded to
+    # width 4 or 6 gets the same vector (whatever the bias tables hold).
+    encoder = _relative_encoder()
+    lengths = np.array([3, 4, 0, 1], dtype=np.int32)
+    vectors = _vectors()
+    encoder(vectors, lengths)
+    _randomise_relative_bias(encoder)
+    np.testing.assert_allclose(
+        encoder(vectors[:, :4], lengths).numpy(), encoder(vectors, lengths).numpy(), atol=1e-6
+    )
+
+
 @pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
 def test_same_history_padded_to_8_or_12_gives_the_same_vector(pooling):
     # Two encoders with L=8 and L=12 whose shared weights (positions 0..7 included) match.
@@ -103,6 +153,7 @@ def test_mask_comes_from_lengths_not_values():
         ({"pooling": "max"}, "pooling='max'"),
         ({"dropout": 2.0}, "dropout=2.0"),
         ({"norm_first": 1}, "norm_first=1"),
+        ({"relative_position_bias": "yes"}, "relative_position_bias='yes'"),
     ],
 )
 def test_argument_checks(kwargs, match):
@@ -116,6 +167,14 @@ def test_round_trip(run_layer_test, tmp_path, pooling):
         LENGTH, num_heads=2, num_layers=1, feed_forward_dim=16, pooling=pooling, name="users"
     )
     run_layer_test(encoder, (_vectors(), LENGTHS), {}, tmp_path)
+
+
+def test_relative_position_bias_round_trip(run_layer_test, tmp_path):
+    encoder = _relative_encoder()
+    encoder(_vectors(), LENGTHS)
+    _randomise_relative_bias(encoder)
+    run_layer_test(encoder, (_vectors(), LENGTHS), {}, tmp_path)
+    assert encoder.get_config()["relative_position_bias"] is True
 
 
 def test_pre_norm_round_trip_keeps_the_output_norm(run_layer_test, tmp_path):
