@@ -120,8 +120,10 @@ def model_config(spec: dict, seed: int):
 def git_state() -> dict:
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return result.stdout.strip()
+        return result.stdout
 
+    # porcelain lines are "XY path": the status may start with a space, so the
+    # output is not stripped before the path is cut at column 3
     dirty = [
         line[3:]
         for line in git(
@@ -129,7 +131,7 @@ def git_state() -> dict:
         ).splitlines()
         if line and not line[3:].startswith("benchmarks/results/")
     ]
-    return {"commit": git("rev-parse", "HEAD"), "uncommitted_code": dirty}
+    return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted_code": dirty}
 
 
 def device() -> str:

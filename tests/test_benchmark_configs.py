@@ -43,3 +43,25 @@ def test_set_refuses_what_it_cannot_apply(setting, message):
     spec = load_spec(CONFIGS / "globo-g1.toml")
     with pytest.raises(SystemExit, match=message):
         apply_setting(spec, setting)
+
+
+def test_git_state_names_uncommitted_code_by_its_full_path(tmp_path, monkeypatch):
+    # A modified tracked file shows as " M path" in porcelain: the path must stay whole.
+    import subprocess
+
+    from benchmarks import quality
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "feedrec").mkdir()
+    (tmp_path / "feedrec" / "config.py").write_text("a = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    (tmp_path / "feedrec" / "config.py").write_text("a = 2\n")
+    (tmp_path / "feedrec" / "new.py").write_text("b = 1\n")
+    monkeypatch.setattr(quality, "REPO", tmp_path)
+    state = quality.git_state()
+    assert sorted(state["uncommitted_code"]) == ["feedrec/config.py", "feedrec/new.py"]
+    assert len(state["commit"]) == 40
