@@ -354,12 +354,33 @@ def _fingerprint(config: Config, data_dir: Path, **settings) -> dict:
     }
 
 
+def _at_current_defaults(fingerprint: dict | None) -> dict | None:
+    """A stored fingerprint with the settings added since it was written at their defaults.
+
+    A new setting's default keeps the old behaviour, so a training interrupted
+    before the setting existed still resumes, and only while the new setting
+    is at its default. Anything that does not parse is returned as it is.
+    """
+    if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("config"), dict):
+        return fingerprint
+    out = dict(fingerprint)
+    try:
+        out["config"] = Config.from_dict(fingerprint["config"]).to_dict()
+        if isinstance(fingerprint.get("sequential"), dict):
+            from feedrec.sequential import SequentialConfig  # imports this module
+
+            out["sequential"] = SequentialConfig.from_dict(fingerprint["sequential"]).to_dict()
+    except (TypeError, ValueError):
+        return fingerprint
+    return json.loads(json.dumps(out))
+
+
 def _open_partial(partial: Path, fingerprint: dict, overwrite: bool) -> None:
     """Create ``partial`` or check that it belongs to this very training."""
     state_path = partial / "state.json"
     if partial.exists():
         previous = read_json(state_path) if state_path.exists() else None
-        if previous != json.loads(json.dumps(fingerprint)):
+        if _at_current_defaults(previous) != json.loads(json.dumps(fingerprint)):
             if not overwrite:
                 raise FileExistsError(
                     f"{partial} holds an interrupted training with another config or data; "

@@ -154,3 +154,23 @@ def test_tensorboard_scalars_are_written(data_dir, tmp_path):
     assert {"loss", "examples_per_second", "learning_rate", "epoch_loss"} <= set(tags["train"])
     assert tags["train"]["loss"] == 4  # one scalar per execution, at the global step
     assert {"auc", "mrr", "ndcg@5", "ndcg@10"} <= set(tags["validation"])
+
+
+def test_a_partial_written_before_a_setting_existed_resumes_at_its_default(data_dir, tmp_path):
+    # state.json of an older version has no `relative_position_bias`: it matches a
+    # training at that setting's default, and not one that turns the setting on.
+    import dataclasses
+    import json
+
+    from feedrec.training import _fingerprint, _open_partial
+
+    partial = partial_dir(tmp_path / "run")
+    stored = json.loads(json.dumps(_fingerprint(TINY, data_dir)))
+    del stored["config"]["model"]["relative_position_bias"]
+    partial.mkdir(parents=True)
+    (partial / "state.json").write_text(json.dumps(stored))
+    _open_partial(partial, _fingerprint(TINY, data_dir), overwrite=False)  # accepted
+    (partial / "state.json").write_text(json.dumps(stored))
+    turned_on = TINY.replace(model=dataclasses.replace(TINY.model, relative_position_bias=True))
+    with pytest.raises(FileExistsError, match="another config or data"):
+        _open_partial(partial, _fingerprint(turned_on, data_dir), overwrite=False)
