@@ -39,7 +39,9 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
     real clicks is how many clicks apart they are, whatever the padding, so
     the bias can express recency directly (how far back a click is from the
     query click). Zero-initialised: a fresh layer computes what it would
-    without it. Masked keys still get exactly zero weight.
+    without it. Masked keys still get exactly zero weight. Meant for
+    self-attention: with a different query sequence the distance is only the
+    difference of slot indices, which may mean nothing.
 
     Args:
         num_heads: int. Number of attention heads.

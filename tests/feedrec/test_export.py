@@ -285,7 +285,8 @@ def test_jit_compiled_export_gives_the_same_scores(model, serving, tmp_path):
     np.testing.assert_allclose(expected, model_scores(model, history, candidates), atol=1e-5)
 
 
-def test_relative_position_bias_export_gives_the_model_scores(tmp_path):
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+def test_relative_position_bias_export_gives_the_model_scores(tmp_path, jit_compile):
     # A causal last-click model with learned relative distances (random here):
     # the export serves what the in-memory model computes, padding anywhere.
     import dataclasses
@@ -300,7 +301,9 @@ def test_relative_position_bias_export_gives_the_model_scores(tmp_path):
     assert tables
     for table in tables:
         table.assign(np.random.default_rng(0).normal(size=table.shape))
-    served = export.load_export(export.export_model(model, ITEM_IDS, tmp_path))
+    served = export.load_export(
+        export.export_model(model, ITEM_IDS, tmp_path, jit_compile=jit_compile)
+    )
     history = [["N10", "N11", "N12"], ["N15", "", "N13"], ["", "", ""]]
     candidates = [["N12", "N13", "X"], ["N10", "N15", "N11"], ["N11", "N14", "N10"]]
     expected = model_scores(model, [["N10", "N11", "N12"], ["N15", "N13"], []], candidates)

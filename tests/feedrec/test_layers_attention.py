@@ -114,6 +114,15 @@ def test_relative_bias_alone_sets_the_weights_by_distance(lengths_mask):
     row = weights.numpy()[0, 0, query]
     np.testing.assert_allclose(row[:4], expected / expected.sum(), atol=1e-6)
     assert np.all(row[4:] == 0.0)
+    # only "one click back" (i - j = +1, column D + 1) favoured: the sign convention
+    table = np.zeros((1, 2 * LENGTH - 1))
+    table[0, LENGTH] = 2.0
+    layer.relative_bias.assign(table)
+    _, weights = layer(x, x, query_mask=mask, value_mask=mask, return_attention_scores=True)
+    expected = np.where(np.arange(4) == query - 1, np.exp(2.0), 1.0)
+    np.testing.assert_allclose(
+        weights.numpy()[0, 0, query, :4], expected / expected.sum(), atol=1e-6
+    )
 
 
 def test_zero_relative_bias_is_attention_without_it(inputs, lengths_mask):
@@ -263,10 +272,18 @@ def test_block_passes_the_mask_on(inputs, lengths_mask):
     )
 
 
+@pytest.mark.parametrize("relative", [None, LENGTH - 1], ids=["absolute", "relative"])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_block_in_mixed_precision_is_finite_and_masked(inputs, lengths_mask, policy):
+def test_block_in_mixed_precision_is_finite_and_masked(inputs, lengths_mask, policy, relative):
     mask = lengths_mask(LENGTHS, LENGTH)
-    block = TransformerBlock(HEADS, feed_forward_dim=16, dtype=policy)
+    block = TransformerBlock(
+        HEADS, feed_forward_dim=16, max_relative_distance=relative, dtype=policy
+    )
+    block(inputs, mask=mask)
+    if relative:
+        table = block._attention.relative_bias
+        assert keras.backend.standardize_dtype(table.dtype) == "float32"
+        table.assign(np.random.default_rng(2).normal(scale=100.0, size=table.shape))
     out, weights = block(inputs * 50.0, mask=mask, return_attention_scores=True)
     assert keras.backend.standardize_dtype(out.dtype) == policy.split("_")[1]
     out = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
@@ -313,6 +330,9 @@ def test_block_round_trip(
         max_relative_distance=relative,
         name="block",
     )
+    if relative:  # a table of non-zero values must survive saving
+        block(inputs, mask=mask)
+        _with_random_relative_bias(block._attention)
     run_layer_test(block, (inputs,), {"mask": mask}, tmp_path)
 
 
