@@ -122,15 +122,22 @@ def git_state() -> dict:
         result = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return result.stdout
 
-    # porcelain lines are "XY path": the status may start with a space, so the
-    # output is not stripped before the path is cut at column 3
-    dirty = [
-        line[3:]
-        for line in git(
-            "status", "--porcelain", "--", "feedrec", "pipelines", "benchmarks"
-        ).splitlines()
-        if line and not line[3:].startswith("benchmarks/results/")
-    ]
+    # porcelain lines are "XY path" ("XY old -> new" for a rename): the status may
+    # start with a space, so the output is not stripped before the path is cut at
+    # column 3; every untracked file is listed, not only its new directory
+    status = git(
+        "-c",
+        "core.quotePath=false",
+        "status",
+        "--porcelain",
+        "--untracked-files=all",
+        "--",
+        "feedrec",
+        "pipelines",
+        "benchmarks",
+    )
+    paths = [line[3:].split(" -> ")[-1] for line in status.splitlines() if line]
+    dirty = [path for path in paths if not path.startswith("benchmarks/results/")]
     return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted_code": dirty}
 
 

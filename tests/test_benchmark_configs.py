@@ -58,10 +58,12 @@ def test_git_state_names_uncommitted_code_by_its_full_path(tmp_path, monkeypatch
     (tmp_path / "feedrec" / "config.py").write_text("a = 1\n")
     git("init", "-q")
     git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    identity = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    git(*identity, "commit", "-q", "-m", "init")
     (tmp_path / "feedrec" / "config.py").write_text("a = 2\n")
-    (tmp_path / "feedrec" / "new.py").write_text("b = 1\n")
+    (tmp_path / "feedrec" / "layers").mkdir()
+    (tmp_path / "feedrec" / "layers" / "new.py").write_text("b = 1\n")
     monkeypatch.setattr(quality, "REPO", tmp_path)
     state = quality.git_state()
-    assert sorted(state["uncommitted_code"]) == ["feedrec/config.py", "feedrec/new.py"]
+    assert sorted(state["uncommitted_code"]) == ["feedrec/config.py", "feedrec/layers/new.py"]
     assert len(state["commit"]) == 40
