@@ -14,6 +14,12 @@ def check_positive_int(name: str, value, allow_none: bool = False) -> None:
         )
 
 
+def check_bool(name: str, value) -> None:
+    """Raise ``ValueError`` unless ``value`` is a bool (not merely truthy)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` should be a bool. Received: {name}={value!r}")
+
+
 def check_rate(name: str, value) -> None:
     """Raise ``ValueError`` unless ``0 <= value < 1`` (a dropout rate)."""
     if not isinstance(value, int | float) or not 0.0 <= value < 1.0:

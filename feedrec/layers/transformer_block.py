@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from feedrec.layers.arguments import check_positive_int, check_rate
+from feedrec.layers.arguments import check_bool, check_positive_int, check_rate
 from feedrec.layers.masked_attention import MaskedMultiHeadAttention
 from feedrec.layers.masking import apply_mask
 
@@ -85,8 +85,7 @@ class TransformerBlock(keras.layers.Layer):
         check_rate("dropout", dropout)
         check_positive_int("max_relative_distance", max_relative_distance, allow_none=True)
         self.max_relative_distance = max_relative_distance
-        if not isinstance(norm_first, bool):
-            raise ValueError(f"`norm_first` should be a bool. Received: norm_first={norm_first!r}")
+        check_bool("norm_first", norm_first)
         self.norm_first = norm_first
         self.num_heads = num_heads
         self.feed_forward_dim = feed_forward_dim

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from feedrec.layers.arguments import check_positive_int, check_rate
+from feedrec.layers.arguments import check_bool, check_positive_int, check_rate
 from feedrec.layers.attention_pooling import AttentionPooling
 from feedrec.layers.last_click_pooling import LastClickPooling
 from feedrec.layers.masking import apply_mask
@@ -122,14 +122,9 @@ class UserEncoder(keras.layers.Layer):
         self.pooling = pooling
         self.causal = causal
         self.use_position_embedding = use_position_embedding
-        if not isinstance(norm_first, bool):
-            raise ValueError(f"`norm_first` should be a bool. Received: norm_first={norm_first!r}")
+        check_bool("norm_first", norm_first)
+        check_bool("relative_position_bias", relative_position_bias)
         self.norm_first = norm_first
-        if not isinstance(relative_position_bias, bool):
-            raise ValueError(
-                "`relative_position_bias` should be a bool. "
-                f"Received: relative_position_bias={relative_position_bias!r}"
-            )
         self.relative_position_bias = relative_position_bias
         common = {"dtype": self.dtype_policy}
         # Sublayers are created here so that argument errors surface at once.
