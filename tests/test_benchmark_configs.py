@@ -56,6 +56,7 @@ def test_git_state_names_uncommitted_code_by_its_full_path(tmp_path, monkeypatch
 
     (tmp_path / "feedrec").mkdir()
     (tmp_path / "feedrec" / "config.py").write_text("a = 1\n")
+    (tmp_path / "feedrec" / "old.py").write_text("c = 1\n")
     git("init", "-q")
     git("add", ".")
     identity = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
@@ -63,7 +64,9 @@ def test_git_state_names_uncommitted_code_by_its_full_path(tmp_path, monkeypatch
     (tmp_path / "feedrec" / "config.py").write_text("a = 2\n")
     (tmp_path / "feedrec" / "layers").mkdir()
     (tmp_path / "feedrec" / "layers" / "new.py").write_text("b = 1\n")
+    git("mv", "feedrec/old.py", "feedrec/renamed.py")  # porcelain: "R  old -> new"
     monkeypatch.setattr(quality, "REPO", tmp_path)
     state = quality.git_state()
-    assert sorted(state["uncommitted_code"]) == ["feedrec/config.py", "feedrec/layers/new.py"]
+    expected = ["feedrec/config.py", "feedrec/layers/new.py", "feedrec/renamed.py"]
+    assert sorted(state["uncommitted_code"]) == expected
     assert len(state["commit"]) == 40
