@@ -46,7 +46,11 @@ def tiny_spec(**incremental):
     spec["model"].update(history_length=5, embedding_dim=8, feed_forward_dim=16, num_layers=1)
     spec["train"]["batch_size"] = 16
     spec["sequential"]["num_negatives"] = 8
-    spec["incremental"].update(min_window_examples=1, recency_prior=False, **incremental)
+    # the plain protocol (one pass, no freshness state) unless a test asks for more
+    spec["incremental"].update(
+        min_window_examples=1, recency_prior=False, freshness_bias=False, epochs_per_window=1
+    )
+    spec["incremental"].update(incremental)
     return spec
 
 
