@@ -7,6 +7,8 @@ Usage (from the repository root; the data lives in ``../shared/data``)::
         --out /tmp/ml-1m.json
     python benchmarks/quality.py --dataset globo-g1
     python benchmarks/quality.py --dataset mind
+    # seeds run apart (in parallel, or in different sessions), then one result:
+    python benchmarks/quality.py --merge /tmp/seed0.json /tmp/seed1.json --out FILE
 
 Each dataset has a config under ``benchmarks/configs/`` (``[benchmark]``,
 ``[prepare]``, ``[model]``, ``[train]``, ``[sequential]``, ``[evaluation]``
@@ -687,6 +689,110 @@ def _average_windows(per_window: list[dict], prefix: str = "") -> dict:
     return out
 
 
+# ---------------------------------------------------------------------------- merge
+
+
+def seed_metrics(dataset: str, run: dict) -> dict[str, dict]:
+    """One run's figures by protocol, as the runner averaged them over seeds.
+
+    Globo's are recomputed from the per-window records (unrounded, and the
+    recency-fused scorer too); the others come from the run's ``test`` figures.
+    """
+    if dataset == "globo-g1":
+        windows = run["per_window"]
+        out = {"full": _average_windows(windows)}
+        if any(key.startswith("model+recency/") for key in windows[0]):
+            out["full/model+recency"] = _average_windows(windows, "model+recency/")
+        return out
+    if dataset == "mind":
+        return {"impression": run["test"]}
+    return dict(run["test"])
+
+
+def merge_reports(reports: list[tuple[str, dict]]) -> dict:
+    """One result from several runs of the same benchmark with different seeds.
+
+    ``reports`` are ``(file name, report)`` pairs as :func:`main` writes them.
+    They must agree on the dataset, the config (``[benchmark] seeds`` aside),
+    the data and the baselines, and no seed may appear twice; every run keeps
+    the commit, command and wall time of the file it came from.
+    """
+    if not reports:
+        raise SystemExit("--merge: no result files given")
+    first_name, first = reports[0]
+
+    def config_of(report: dict) -> dict:
+        config = json.loads(json.dumps(report["config"]))
+        config.get("benchmark", {}).pop("seeds", None)
+        return config
+
+    seen: dict[int, str] = {}
+    runs, parts = [], []
+    for name, report in reports:
+        for key in ("dataset", "data", "baselines"):
+            if report.get(key) != first.get(key):
+                raise SystemExit(
+                    f"--merge: {name}: its {key!r} differs from {first_name}'s: "
+                    "only runs of the same benchmark on the same data can be merged"
+                )
+        ours, theirs = config_of(report), config_of(first)
+        if ours != theirs:
+            diff = sorted(
+                f"[{table}] {key}"
+                for table in set(ours) | set(theirs)
+                for key in set(ours.get(table, {})) | set(theirs.get(table, {}))
+                if ours.get(table, {}).get(key) != theirs.get(table, {}).get(key)
+            )
+            raise SystemExit(
+                f"--merge: {name}: its config differs from {first_name}'s in {', '.join(diff)}"
+            )
+        part = {
+            key: report.get(key)
+            for key in ("command", "commit", "uncommitted_code", "seeds", "wall_s", "load_average")
+        }
+        if report.get("note"):
+            part["note"] = report["note"]
+        parts.append({"file": name, **part})
+        for run in report["runs"]:
+            if run["seed"] in seen:
+                raise SystemExit(
+                    f"--merge: seed {run['seed']} is in both {seen[run['seed']]} and {name}"
+                )
+            seen[run["seed"]] = name
+            runs.append({**run, "commit": report["commit"], "file": name})
+    runs.sort(key=lambda run: run["seed"])
+    per_seed = [seed_metrics(first["dataset"], run) for run in runs]
+    results = {protocol: mean_std([m[protocol] for m in per_seed]) for protocol in per_seed[0]}
+    merged = {
+        "dataset": first["dataset"],
+        "name": first["name"],
+        "command": None,  # set by the caller
+        "commit": parts[-1]["commit"],
+        "uncommitted_code": sorted({p for part in parts for p in part["uncommitted_code"] or []}),
+        "seeds": [run["seed"] for run in runs],
+        "wall_s": round(sum(part["wall_s"] for part in parts), 1),
+        "device": first["device"],
+        "config": first["config"]
+        | {"benchmark": {**first["config"]["benchmark"], "seeds": sorted(seen)}},
+        "merged_from": parts,
+        "data": first["data"],
+        "results": results,
+        "baselines": first["baselines"],
+        "runs": runs,
+    }
+    if "time_to_target" in first:
+        targets = first["config"].get("benchmark", {}).get("targets", {})
+        merged["time_to_target"] = time_to_target(runs, targets)
+    return merged
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    partial.replace(out)  # atomic: a crash never leaves a half-written result
+
+
 # ---------------------------------------------------------------------------- main
 
 RUNNERS = {"ml-1m": run_sequences, "globo-g1": run_globo, "mind": run_mind}
@@ -694,7 +800,7 @@ RUNNERS = {"ml-1m": run_sequences, "globo-g1": run_globo, "mind": run_mind}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=sorted(RUNNERS))
+    parser.add_argument("--dataset", choices=sorted(RUNNERS), help="required unless --merge")
     parser.add_argument("--config", type=Path, help="default: benchmarks/configs/<dataset>.toml")
     parser.add_argument("--seeds", type=int, nargs="+", help="override [benchmark] seeds")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/feedrec-quality"))
@@ -710,7 +816,33 @@ def main(argv: list[str] | None = None) -> int:
         help="override one config setting, VALUE in TOML syntax (e.g. "
         "incremental.epochs_per_window=2, sequential.schedule='\"cosine\"'); repeatable",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="RESULT",
+        help="merge result files of the same benchmark run with different seeds into one "
+        "(--out is then required); nothing is run",
+    )
     args = parser.parse_args(argv)
+    argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = f"python benchmarks/quality.py {argv_text}".strip()
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out")
+        reports = []
+        for path in args.merge:
+            try:
+                reports.append((str(path), json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, json.JSONDecodeError) as err:
+                parser.error(f"--merge: cannot read {path}: {err}")
+        merged = merge_reports(reports)
+        merged["command"] = command
+        write_report(merged, args.out)
+        print(json.dumps({"written": str(args.out), "results": merged["results"]}, indent=1))
+        return 0
+    if not args.dataset:
+        parser.error("--dataset is required (unless --merge)")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -730,11 +862,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     outcome = RUNNERS[args.dataset](args.dataset, spec, seeds, args.workdir)
     wall = time.perf_counter() - started
-    argv_text = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     report = {
         "dataset": args.dataset,
         "name": name,
-        "command": f"python benchmarks/quality.py {argv_text}".strip(),
+        "command": command,
         "commit": state["commit"],
         "uncommitted_code": state["uncommitted_code"],
         "seeds": seeds,
@@ -745,10 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         **outcome,
     }
     out = args.out or RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    partial.replace(out)  # atomic: a crash never leaves a half-written result
+    write_report(report, out)
     print(json.dumps({"written": str(out), "results": report["results"]}, indent=1))
     return 0
 
