@@ -15,8 +15,9 @@ Each dataset has a config under ``benchmarks/configs/`` (``[benchmark]``,
 and, for Globo, ``[incremental]``); ``--config`` picks another. Every seed
 trains from scratch; the headline figure of each metric is the mean over the
 seeds with the standard deviation beside it (``"ndcg@10"``,
-``"ndcg@10_std"``). Baselines (popularity, recent popularity, random) do not
-depend on the model's seed and are computed once, by the same code.
+``"ndcg@10_std"``). Baselines (popularity, recent popularity, random) are
+computed once, by the same code, with the first seed (only the random
+scorer's draws depend on it).
 
 Protocols:
 
@@ -709,12 +710,24 @@ def seed_metrics(dataset: str, run: dict) -> dict[str, dict]:
     return dict(run["test"])
 
 
+def _comparable(key: str, value):
+    """``value`` as merging compares it: the random scorer draws with the run's seed."""
+    if key != "baselines" or not isinstance(value, dict):
+        return value
+    return {
+        protocol: {name: m for name, m in scorers.items() if name != "random"}
+        for protocol, scorers in value.items()
+    }
+
+
 def merge_reports(reports: list[tuple[str, dict]]) -> dict:
     """One result from several runs of the same benchmark with different seeds.
 
     ``reports`` are ``(file name, report)`` pairs as :func:`main` writes them.
     They must agree on the dataset, the config (``[benchmark] seeds`` aside),
-    the data and the baselines, and no seed may appear twice; every run keeps
+    the data and the baselines (the random scorer aside: its draws depend on
+    the seed of the run that computed it; the first file's is kept), and no
+    seed may appear twice; every run keeps
     the commit, command and wall time of the file it came from.
     """
     if not reports:
@@ -730,7 +743,7 @@ def merge_reports(reports: list[tuple[str, dict]]) -> dict:
     runs, parts = [], []
     for name, report in reports:
         for key in ("dataset", "data", "baselines"):
-            if report.get(key) != first.get(key):
+            if _comparable(key, report.get(key)) != _comparable(key, first.get(key)):
                 raise SystemExit(
                     f"--merge: {name}: its {key!r} differs from {first_name}'s: "
                     "only runs of the same benchmark on the same data can be merged"

@@ -96,6 +96,18 @@ def test_different_data_or_baselines_are_refused(key):
         merge_reports([("a.json", globo_report([0], "c", rng)), ("b.json", other)])
 
 
+def test_the_random_scorer_may_differ_and_the_first_files_is_kept():
+    rng = np.random.default_rng(5)
+    first, second = globo_report([0], "c", rng), globo_report([1], "c", rng)
+    first["baselines"]["full"]["random"] = {"ndcg@20": 0.0002}
+    second["baselines"]["full"]["random"] = {"ndcg@20": 0.0003}
+    merged = merge_reports([("a.json", first), ("b.json", second)])
+    assert merged["baselines"]["full"]["random"] == {"ndcg@20": 0.0002}
+    second["baselines"]["full"]["popularity"] = {"ndcg@20": 0.2}
+    with pytest.raises(SystemExit, match="its 'baselines' differs"):
+        merge_reports([("a.json", first), ("b.json", second)])
+
+
 def test_the_command_line_writes_the_merged_file_and_records_its_command(tmp_path, capsys):
     rng = np.random.default_rng(4)
     paths = []
