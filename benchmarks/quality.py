@@ -727,8 +727,10 @@ def merge_reports(reports: list[tuple[str, dict]]) -> dict:
     They must agree on the dataset, the config (``[benchmark] seeds`` aside),
     the data and the baselines (the random scorer aside: its draws depend on
     the seed of the run that computed it; the first file's is kept), and no
-    seed may appear twice; every run keeps
-    the commit, command and wall time of the file it came from.
+    seed may appear twice. Every run keeps the commit of the file it came
+    from, and ``merged_from`` lists each file's command, commit, seeds and wall
+    time; the merged ``commit`` is the last file's and ``wall_s`` the sum of
+    the files' (more than the elapsed time when they ran side by side).
     """
     if not reports:
         raise SystemExit("--merge: no result files given")
@@ -843,6 +845,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         if not args.out:
             parser.error("--merge needs --out")
+        given = [
+            flag
+            for flag, value in (
+                ("--dataset", args.dataset),
+                ("--config", args.config),
+                ("--seeds", args.seeds),
+                ("--max-windows", args.max_windows),
+                ("--set", args.set),
+            )
+            if value
+        ]
+        if given:
+            parser.error(f"--merge runs nothing, so {', '.join(given)} would be ignored: drop it")
         reports = []
         for path in args.merge:
             try:

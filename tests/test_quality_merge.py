@@ -125,3 +125,6 @@ def test_the_command_line_writes_the_merged_file_and_records_its_command(tmp_pat
     with pytest.raises(SystemExit):
         quality.main(["--merge", *paths])  # no --out
     assert "--merge needs --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--merge", *paths, "--out", str(out), "--seeds", "3"])
+    assert "--seeds would be ignored" in capsys.readouterr().err
