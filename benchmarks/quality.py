@@ -519,7 +519,10 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     prior = bool(incremental.get("recency_prior", False))
     grid = [float(b) for b in incremental.get("prior_grid", [0.25, 0.5, 1.0, 2.0, 4.0])]
     limit = incremental.get("max_windows")
-    freshness = FreshnessBias(log.num_items) if incremental.get("freshness_bias") else None
+    freshness = None
+    if incremental.get("freshness_bias"):
+        log_clicks = bool(incremental.get("freshness_log_clicks", False))
+        freshness = FreshnessBias(log.num_items, log_clicks=log_clicks)
     slot_ms = int(incremental.get("freshness_slot_minutes", 10)) * 60_000
     if freshness is not None:
         state_at = freshness_states(log.times, log.items, log.num_items, recent_ms)

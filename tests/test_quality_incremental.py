@@ -108,3 +108,23 @@ def test_freshness_bias_is_scored_and_trained_slot_by_slot(globo_log, monkeypatc
         if window < 5:  # training: the slots with a click (not after the last window)
             expected += sorted({int(t) // slot * slot for t in times[windows == window]})
     assert calls == expected
+
+
+def test_freshness_log_clicks_builds_the_sloped_bias_and_learns_its_slope(globo_log, monkeypatch):
+    import feedrec.layers
+
+    built = []
+
+    class Recording(feedrec.layers.FreshnessBias):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(feedrec.layers, "FreshnessBias", Recording)
+    spec = tiny_spec(freshness_bias=True, freshness_log_clicks=True)
+    sloped = incremental_run(globo_log, spec, 0, spec["incremental"], with_baselines=False)
+    plain = tiny_spec(freshness_bias=True)
+    stepped = incremental_run(globo_log, plain, 0, plain["incremental"], with_baselines=False)
+    assert [layer.log_clicks for layer in built] == [True, False]
+    assert float(built[0].log_click_weight.numpy()) != 0.0  # trained with the model
+    assert sloped["model"] != stepped["model"]

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from feedrec.layers.arguments import check_positive_int
+from feedrec.layers.arguments import check_bool, check_positive_int
 
 
 def log2_buckets(values, num_buckets: int) -> np.ndarray:
@@ -31,8 +31,11 @@ class FreshnessBias(keras.layers.Layer):
     its recent-click count plus one for its age, both bucketised on a log2
     scale (:func:`log2_buckets`): ``bias(i) = w_clicks[b(clicks_i)] +
     w_age[a(age_i)]``, where age bucket 0 is "never clicked" and an age in
-    periods since the item's first click (from 0) falls in ``b(age + 1)``. Both
-    weight vectors start at zero, so a fresh layer changes no score.
+    periods since the item's first click (from 0) falls in ``b(age + 1)``.
+    With ``log_clicks=True`` a learned slope on ``log(1 + clicks_i)`` is added:
+    the buckets step at powers of two (16-31 clicks share one), the slope keeps
+    ordering items within a bucket, which is where the most clicked items sit.
+    All weights start at zero, so a fresh layer changes no score.
 
     The counts and ages are *state*, not inputs: the caller sets them with
     :meth:`update` as time moves (e.g. before training on, and before scoring,
@@ -44,6 +47,8 @@ class FreshnessBias(keras.layers.Layer):
         num_items: int. Size of the item vocabulary (padding and OOV included).
         num_buckets: int. Buckets per feature (default 16: counts and ages up
             to 2^14 share the last bucket).
+        log_clicks: bool. Add ``w * log(1 + clicks_i)`` with a learned ``w``
+            (default False).
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -60,14 +65,18 @@ class FreshnessBias(keras.layers.Layer):
     [0.0, 0.0]
     """
 
-    def __init__(self, num_items: int, num_buckets: int = 16, **kwargs) -> None:
+    def __init__(
+        self, num_items: int, num_buckets: int = 16, log_clicks: bool = False, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         check_positive_int("num_items", num_items)
         check_positive_int("num_buckets", num_buckets)
+        check_bool("log_clicks", log_clicks)
         if num_buckets < 2:
             raise ValueError(f"`num_buckets` should be at least 2. Received: {num_buckets}")
         self.num_items = num_items
         self.num_buckets = num_buckets
+        self.log_clicks = log_clicks
 
     def build(self, items_shape=None) -> None:
         buckets = (self.num_buckets,)
@@ -87,6 +96,16 @@ class FreshnessBias(keras.layers.Layer):
             trainable=False,
             name="age_buckets",
         )
+        if self.log_clicks:
+            self.log_click_weight = self.add_weight(
+                (), initializer="zeros", name="log_click_weight"
+            )
+            self.log_click_values = self.add_weight(
+                (self.num_items,),
+                initializer="zeros",
+                trainable=False,
+                name="log_click_values",
+            )
         super().build(items_shape)
 
     def update(self, recent_clicks, age) -> None:
@@ -116,12 +135,17 @@ class FreshnessBias(keras.layers.Layer):
         age_buckets = np.where(np.isnan(ages), 0, log2_buckets(ages + 1, self.num_buckets))
         self.click_buckets.assign(log2_buckets(clicks, self.num_buckets))
         self.age_buckets.assign(age_buckets.astype(np.int32))
+        if self.log_clicks:
+            self.log_click_values.assign(np.log1p(np.nan_to_num(clicks)).astype(np.float32))
 
     def call(self, items):
         items = ops.cast(items, "int32")
         clicks = ops.take(self.click_weights, ops.take(self.click_buckets, items))
         ages = ops.take(self.age_weights, ops.take(self.age_buckets, items))
-        return clicks + ages
+        if not self.log_clicks:
+            return clicks + ages
+        slope = ops.take(self.log_click_values, items) * self.log_click_weight
+        return clicks + ages + slope
 
     def compute_output_shape(self, items_shape):
         return tuple(items_shape)
@@ -131,4 +155,5 @@ class FreshnessBias(keras.layers.Layer):
             **super().get_config(),
             "num_items": self.num_items,
             "num_buckets": self.num_buckets,
+            "log_clicks": self.log_clicks,
         }

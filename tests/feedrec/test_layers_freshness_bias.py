@@ -70,3 +70,40 @@ def test_config_and_saved_model_keep_weights_and_state(run_layer_test, tmp_path)
 def test_update_checks_shapes_and_signs(clicks, ages, message):
     with pytest.raises(ValueError, match=message):
         FreshnessBias(num_items=3).update(clicks, ages)
+
+
+def test_log_clicks_adds_a_learned_slope_on_log_counts():
+    rng = np.random.default_rng(1)
+    clicks = [0, 0, 1, 5, 40, 3, 0, 1000]
+    ages = [None, None, 0, 3, 1, None, 20, 2]
+    items = rng.integers(0, 8, size=(3, 5))
+    plain = FreshnessBias(num_items=8)
+    sloped = FreshnessBias(num_items=8, log_clicks=True)
+    weights = rng.normal(size=(2, 16)).astype("float32")
+    for layer in (plain, sloped):
+        layer.update(recent_clicks=clicks, age=ages)
+    # a fresh layer changes no score, the slope included
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(sloped(items)), 0.0)
+    plain.set_weights([weights[0], weights[1], *plain.get_weights()[2:]])
+    sloped.click_weights.assign(weights[0])
+    sloped.age_weights.assign(weights[1])
+    sloped.log_click_weight.assign(0.75)
+    expected = numpy_bias(clicks, ages, *weights, items) + 0.75 * np.log1p(clicks)[items]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(sloped(items)), expected, rtol=1e-6)
+    # within one bucket (32 and 63 clicks) the slope still orders the items
+    sloped.update(recent_clicks=[32, 63, 0, 0, 0, 0, 0, 0], age=[1] * 8)
+    first, second = keras.ops.convert_to_numpy(sloped(np.array([0, 1])))
+    assert second - first == pytest.approx(0.75 * (np.log1p(63) - np.log1p(32)), rel=1e-5)
+    assert len(sloped.trainable_weights) == 3 and len(plain.trainable_weights) == 2
+
+
+def test_log_clicks_round_trip_keeps_the_slope_and_state(run_layer_test, tmp_path):
+    layer = FreshnessBias(num_items=4, num_buckets=5, log_clicks=True, name="fresh")
+    layer.update([0, 7, 2, 100], [None, 1, 0, 3])
+    layer.log_click_weight.assign(-0.5)
+    items = np.array([[0, 1, 2, 3]], "int32")
+    eager, _ = run_layer_test(layer, [items], tmp_path=tmp_path)
+    np.testing.assert_allclose(eager[0], -0.5 * np.log1p([0, 7, 2, 100]), rtol=1e-6)
+    assert FreshnessBias.from_config(layer.get_config()).log_clicks is True
+    with pytest.raises(ValueError, match="`log_clicks` should be a bool"):
+        FreshnessBias(num_items=4, log_clicks=1)
