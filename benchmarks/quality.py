@@ -478,7 +478,10 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     logit plus a :class:`feedrec.layers.FreshnessBias` trained with it; each
     window is scored and trained slot by slot (``freshness_slot_minutes``),
     the state for a slot starting at ``T`` being each item's clicks in
-    ``[T - recent_window_hours, T)`` and its age in hours at ``T``);
+    ``[T - recent_window_hours, T)`` and its age in hours at ``T``; with
+    ``freshness_scoring = "example"`` each evaluated example is scored with
+    the state at its own time ``t`` instead: clicks in ``[t - recent, t)``
+    and ages at ``t``, training staying slot by slot);
     with ``[incremental] recency_prior``, ``model+recency`` = model logit +
     beta * log(1 + the item's clicks in the hour before the example), beta
     picked from ``prior_grid`` on the previous evaluated window (past data
@@ -524,8 +527,15 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
         log_clicks = bool(incremental.get("freshness_log_clicks", False))
         freshness = FreshnessBias(log.num_items, log_clicks=log_clicks)
     slot_ms = int(incremental.get("freshness_slot_minutes", 10)) * 60_000
+    scoring = incremental.get("freshness_scoring", "slot")
+    if scoring not in ("slot", "example"):
+        raise SystemExit(
+            f'[incremental] freshness_scoring: expected "slot" or "example", got {scoring!r}'
+        )
+    per_example = freshness is not None and scoring == "example"
     if freshness is not None:
         state_at = freshness_states(log.times, log.items, log.num_items, recent_ms)
+        first_clicked = first_clicks(log.times, log.items, log.num_items)
     origin = int(log.times.min()) // HOUR_MS * HOUR_MS  # window 0 starts here
 
     def slots(rows: np.ndarray, times: np.ndarray) -> list[tuple[int | None, np.ndarray]]:
@@ -544,7 +554,15 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
         return keras.ops.convert_to_numpy(freshness(np.arange(log.num_items)))
 
     def scored_chunks(rows: np.ndarray):
-        """``(offsets, chunk)``: evaluated ``rows`` in chunks, each with its slot's offsets."""
+        """``(offsets, chunk)``: evaluated ``rows`` in chunks, each with its slot's offsets,
+        or with ``freshness_scoring = "example"`` each example's own (``(chunk, items)``)."""
+        if per_example:
+            for start in range(0, len(rows), 1024):
+                chunk = rows[start : start + 1024]
+                at = log.times[eval_rows[chunk]][:, None]
+                clicks = np.floor(recent_counts(chunk))  # the scorer's tie-breaking noise < 1
+                yield freshness.offsets(clicks, ages_at(first_clicked, at)), chunk
+            return
         for at, group in slots(rows, log.times[eval_rows[rows]]):
             offsets = set_state(at)
             for start in range(0, len(group), 1024):
@@ -655,17 +673,28 @@ def freshness_states(times: np.ndarray, items: np.ndarray, num_items: int, recen
     """
     order = np.argsort(times, kind="stable")
     sorted_times, sorted_items = times[order], items[order]
-    first = np.full(num_items, np.inf)
-    np.minimum.at(first, items, times)
+    first = first_clicks(times, items, num_items)
 
     def state(at: int) -> tuple[np.ndarray, np.ndarray]:
         low, high = np.searchsorted(sorted_times, [at - recent_ms, at])
         clicks = np.bincount(sorted_items[low:high], minlength=num_items)[:num_items]
-        with np.errstate(invalid="ignore"):
-            age = np.where(first < at, (at - first) / HOUR_MS, np.nan)
-        return clicks, age
+        return clicks, ages_at(first, at)
 
     return state
+
+
+def first_clicks(times: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """Each item's first click time (inf for an item never clicked)."""
+    first = np.full(num_items, np.inf)
+    np.minimum.at(first, items, times)
+    return first
+
+
+def ages_at(first: np.ndarray, at) -> np.ndarray:
+    """Hours since each item's first click at time ``at`` (a scalar, or ``(n, 1)`` times for
+    ``(n, num_items)``); NaN where that click is not before ``at``."""
+    with np.errstate(invalid="ignore"):
+        return np.where(first < at, (at - first) / HOUR_MS, np.nan)
 
 
 def eval_batch_targets(batch, rows: np.ndarray) -> np.ndarray:

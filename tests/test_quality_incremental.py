@@ -128,3 +128,56 @@ def test_freshness_log_clicks_builds_the_sloped_bias_and_learns_its_slope(globo_
     assert [layer.log_clicks for layer in built] == [True, False]
     assert float(built[0].log_click_weight.numpy()) != 0.0  # trained with the model
     assert sloped["model"] != stepped["model"]
+
+
+def test_ages_at_many_times_equal_the_slot_state_ages():
+    times = np.array([5, 1, 9, 3, 3, 12, 7]) * HOUR // 4
+    items = np.array([2, 3, 2, 4, 2, 3, 5])
+    state = freshness_states(times, items, 7, recent_ms=HOUR)
+    at = np.arange(0, 16)[:, None] * HOUR // 4
+    ages = quality.ages_at(quality.first_clicks(times, items, 7), at)
+    assert ages.shape == (16, 7)
+    for row, time in enumerate(at[:, 0]):
+        np.testing.assert_equal(ages[row], state(int(time))[1])
+
+
+def test_freshness_scoring_by_example_uses_the_state_at_each_examples_time(globo_log, monkeypatch):
+    import feedrec.layers
+
+    seen = []  # (times, clicks, ages) of every per-example scoring call
+    ages_at = quality.ages_at
+
+    def recording_ages(first, at):
+        ages = ages_at(first, at)
+        if np.ndim(at) == 2:
+            seen.append([np.asarray(at)[:, 0], None, ages])
+        return ages
+
+    class Recording(feedrec.layers.FreshnessBias):
+        def offsets(self, recent_clicks, age):
+            seen[-1][1] = np.asarray(recent_clicks)
+            return super().offsets(recent_clicks, age)
+
+    monkeypatch.setattr(quality, "ages_at", recording_ages)
+    monkeypatch.setattr(feedrec.layers, "FreshnessBias", Recording)
+    by_slot = tiny_spec(freshness_bias=True, freshness_log_clicks=True)
+    slotted = incremental_run(globo_log, by_slot, 0, by_slot["incremental"], with_baselines=False)
+    assert not seen  # slot scoring asks for no per-example state
+    by_example = tiny_spec(freshness_bias=True, freshness_log_clicks=True)
+    by_example["incremental"]["freshness_scoring"] = "example"
+    own = incremental_run(globo_log, by_example, 0, by_example["incremental"], with_baselines=False)
+    assert own["model"] != slotted["model"]
+    evaluated = globo_log.times[globo_log.evaluated & (globo_log.windows >= 1)]
+    scored = np.concatenate([times for times, _, _ in seen])
+    np.testing.assert_array_equal(np.sort(scored), np.sort(evaluated))
+    times, items = globo_log.times, globo_log.items
+    for chunk_times, clicks, ages in seen:
+        for row, t in enumerate(chunk_times):
+            recent = (times >= t - HOUR) & (times < t)
+            expected = np.bincount(items[recent], minlength=globo_log.num_items)
+            np.testing.assert_array_equal(clicks[row], expected)
+            clicked_before = np.isin(np.arange(globo_log.num_items), items[times < t])
+            np.testing.assert_array_equal(~np.isnan(ages[row]), clicked_before)
+    bad = tiny_spec(freshness_bias=True, freshness_scoring="exact")
+    with pytest.raises(SystemExit, match='freshness_scoring: expected "slot" or "example"'):
+        incremental_run(globo_log, bad, 0, bad["incremental"], with_baselines=False)

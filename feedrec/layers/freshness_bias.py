@@ -120,23 +120,58 @@ class FreshnessBias(keras.layers.Layer):
         """
         if not self.built:
             self.build()
+        click_buckets, age_buckets, log_clicks = self._features(recent_clicks, age, batched=False)
+        self.click_buckets.assign(click_buckets)
+        self.age_buckets.assign(age_buckets)
+        if self.log_clicks:
+            self.log_click_values.assign(log_clicks)
+
+    def offsets(self, recent_clicks, age) -> np.ndarray:
+        """The offsets that a state would give, without setting it (numpy).
+
+        For states that differ per example, e.g. the clicks in the hour before
+        each example's own time rather than before a shared slot start.
+
+        Args:
+            recent_clicks: ``(..., num_items)`` clicks in the recent period.
+            age: ``(..., num_items)`` periods since each item's first click,
+                NaN for an item never clicked.
+
+        Returns:
+            float32 ``(..., num_items)``: each item's offset under that state,
+            what :meth:`update` then a call on every item would give.
+        """
+        if not self.built:
+            self.build()
+        click_buckets, age_buckets, log_clicks = self._features(recent_clicks, age, batched=True)
+        click_weights = keras.ops.convert_to_numpy(self.click_weights).astype(np.float32)
+        age_weights = keras.ops.convert_to_numpy(self.age_weights).astype(np.float32)
+        out = click_weights[click_buckets] + age_weights[age_buckets]
+        if self.log_clicks:
+            slope = np.float32(keras.ops.convert_to_numpy(self.log_click_weight))
+            out += log_clicks * slope
+        return out
+
+    def _features(self, recent_clicks, age, batched: bool):
+        """Click buckets, age buckets (int32) and ``log1p(clicks)`` (float32), checked.
+
+        ``batched``: the arrays may have leading dimensions before ``num_items``.
+        """
         clicks = np.asarray(recent_clicks, dtype=np.float64)
         ages = np.asarray(age, dtype=np.float64)  # None -> NaN
         for name, values in (("recent_clicks", clicks), ("age", ages)):
-            if values.shape != (self.num_items,):
-                raise ValueError(
-                    f"`{name}` should have shape ({self.num_items},). Received: {values.shape}"
-                )
+            shape = values.shape[-1:] if batched else values.shape
+            if shape != (self.num_items,):
+                expected = f"(..., {self.num_items})" if batched else f"({self.num_items},)"
+                raise ValueError(f"`{name}` should have shape {expected}. Received: {values.shape}")
             if (values < 0).any():
                 raise ValueError(
                     f"`{name}` should be non-negative. Received: min={np.nanmin(values)}"
                 )
         # an item clicked has age + 1 >= 1, so bucket >= 1; 0 is "never clicked"
         age_buckets = np.where(np.isnan(ages), 0, log2_buckets(ages + 1, self.num_buckets))
-        self.click_buckets.assign(log2_buckets(clicks, self.num_buckets))
-        self.age_buckets.assign(age_buckets.astype(np.int32))
-        if self.log_clicks:
-            self.log_click_values.assign(np.log1p(np.nan_to_num(clicks)).astype(np.float32))
+        log_clicks = np.log1p(np.nan_to_num(clicks)).astype(np.float32) if self.log_clicks else None
+        return log2_buckets(clicks, self.num_buckets), age_buckets.astype(np.int32), log_clicks
 
     def call(self, items):
         items = ops.cast(items, "int32")

@@ -107,3 +107,25 @@ def test_log_clicks_round_trip_keeps_the_slope_and_state(run_layer_test, tmp_pat
     assert FreshnessBias.from_config(layer.get_config()).log_clicks is True
     with pytest.raises(ValueError, match="`log_clicks` should be a bool"):
         FreshnessBias(num_items=4, log_clicks=1)
+
+
+@pytest.mark.parametrize("log_clicks", [False, True])
+def test_offsets_of_many_states_equal_update_then_call_for_each(log_clicks):
+    rng = np.random.default_rng(2)
+    layer = FreshnessBias(num_items=7, num_buckets=6, log_clicks=log_clicks)
+    layer.build()
+    weights = rng.normal(size=(2, 6)).astype("float32")
+    layer.click_weights.assign(weights[0])
+    layer.age_weights.assign(weights[1])
+    if log_clicks:
+        layer.log_click_weight.assign(0.3)
+    clicks = rng.integers(0, 200, size=(4, 7)).astype(float)
+    ages = np.where(rng.random((4, 7)) < 0.3, np.nan, rng.random((4, 7)) * 50)
+    got = layer.offsets(clicks, ages)
+    assert got.shape == (4, 7) and got.dtype == np.float32
+    for row in range(4):
+        layer.update(clicks[row], ages[row])
+        expected = keras.ops.convert_to_numpy(layer(np.arange(7)))
+        np.testing.assert_allclose(got[row], expected, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"`age` should have shape \(\.\.\., 7\)"):
+        layer.offsets(clicks, ages[:, :3])
