@@ -113,7 +113,8 @@ def test_unknown_ids_map_to_oov(model, serving):
     candidates = [["NEW3", "N11"], ["NEW4", "N11"], ["\t", "N11"], ["\x00", "N11"]]
     got = serve(serving, history, candidates)
     for row in got[1:]:
-        np.testing.assert_array_equal(got[0], row)  # any unknown id is the same OOV item
+        # any unknown id is the same OOV item (rows of a batch may round apart in the last bit)
+        np.testing.assert_allclose(got[0], row, rtol=0, atol=1e-6)
     oov = model_scores(model, [["N10", "<oov>"]], [["<oov>", "N11"]])[0]
     assert _index("<oov>") == 1
     np.testing.assert_allclose(got[0], oov, atol=1e-5)
