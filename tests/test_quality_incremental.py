@@ -123,7 +123,7 @@ def test_freshness_log_clicks_builds_the_sloped_bias_and_learns_its_slope(globo_
     monkeypatch.setattr(feedrec.layers, "FreshnessBias", Recording)
     spec = tiny_spec(freshness_bias=True, freshness_log_clicks=True)
     sloped = incremental_run(globo_log, spec, 0, spec["incremental"], with_baselines=False)
-    plain = tiny_spec(freshness_bias=True)
+    plain = tiny_spec(freshness_bias=True, freshness_log_clicks=False)
     stepped = incremental_run(globo_log, plain, 0, plain["incremental"], with_baselines=False)
     assert [layer.log_clicks for layer in built] == [True, False]
     assert float(built[0].log_click_weight.numpy()) != 0.0  # trained with the model
