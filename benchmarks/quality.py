@@ -554,19 +554,22 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
         return keras.ops.convert_to_numpy(freshness(np.arange(log.num_items)))
 
     def scored_chunks(rows: np.ndarray):
-        """``(offsets, chunk)``: evaluated ``rows`` in chunks, each with its slot's offsets,
-        or with ``freshness_scoring = "example"`` each example's own (``(chunk, items)``)."""
+        """``(offsets, chunk, recent)``: evaluated ``rows`` in chunks, each with its slot's
+        offsets, or with ``freshness_scoring = "example"`` each example's own
+        (``(chunk, items)``); ``recent`` is the chunk's ``recent_counts`` where they were
+        computed for the offsets (so that they are counted once), else None."""
         if per_example:
             for start in range(0, len(rows), 1024):
                 chunk = rows[start : start + 1024]
                 at = log.times[eval_rows[chunk]][:, None]
-                clicks = np.floor(recent_counts(chunk))  # the scorer's tie-breaking noise < 1
-                yield freshness.offsets(clicks, ages_at(first_clicked, at)), chunk
+                recent = recent_counts(chunk)
+                clicks = np.floor(recent)  # the scorer's tie-breaking noise < 1
+                yield freshness.offsets(clicks, ages_at(first_clicked, at)), chunk, recent
             return
         for at, group in slots(rows, log.times[eval_rows[rows]]):
             offsets = set_state(at)
             for start in range(0, len(group), 1024):
-                yield offsets, group[start : start + 1024]
+                yield offsets, group[start : start + 1024], None
 
     trainer = compile_trainer(model, config, sequential, total_steps=1, item_bias=freshness)
     eval_rows = np.flatnonzero(log.evaluated)
@@ -598,12 +601,12 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             rng = np.random.default_rng([seed, window])
             ranks = {name: [] for name in names}
             grid_ranks = {b: [] for b in grid}
-            for offsets, chunk in scored_chunks(rows):
+            for offsets, chunk, recent in scored_chunks(rows):
                 chunk_targets = targets[chunk]
                 excluded = exclusion_lists(exclude, log.num_items, chunk)
                 model_scores = score_model(chunk) + offsets
                 ranks["model"].append(full_ranks(model_scores, chunk_targets, excluded))
-                if prior or with_baselines:
+                if (prior or with_baselines) and recent is None:
                     recent = recent_counts(chunk)
                 if prior:
                     log_recent = np.log1p(np.floor(recent)).astype(np.float32)

@@ -181,3 +181,35 @@ def test_freshness_scoring_by_example_uses_the_state_at_each_examples_time(globo
     bad = tiny_spec(freshness_bias=True, freshness_scoring="exact")
     with pytest.raises(SystemExit, match='freshness_scoring: expected "slot" or "example"'):
         incremental_run(globo_log, bad, 0, bad["incremental"], with_baselines=False)
+
+
+def test_per_example_scoring_counts_recent_clicks_once_per_chunk(globo_log, monkeypatch):
+    import feedrec.next_item
+
+    make_scorer = feedrec.next_item.recent_popularity_scorer
+    calls = []
+
+    def counting_scorer(*args, **kwargs):
+        scorer = make_scorer(*args, **kwargs)
+
+        def counted(rows):
+            calls.append(len(rows))
+            return scorer(rows)
+
+        return counted
+
+    monkeypatch.setattr(feedrec.next_item, "recent_popularity_scorer", counting_scorer)
+    runs = {}
+    for scoring in ("slot", "example"):
+        spec = tiny_spec(freshness_bias=True, recency_prior=True, freshness_scoring=scoring)
+        calls.clear()
+        runs[scoring] = incremental_run(globo_log, spec, 0, spec["incremental"], True)
+        runs[scoring]["calls"] = list(calls)
+    evaluated = int((globo_log.evaluated & (globo_log.windows >= 1)).sum())
+    # one call per scored chunk in either mode: every evaluated example counted exactly once
+    assert sum(runs["example"]["calls"]) == evaluated
+    assert sum(runs["slot"]["calls"]) == evaluated
+    # the count baselines do not depend on how the model is scored (random draws per chunk,
+    # and the chunks differ): the shared counts are the same
+    for name in ("recent_popularity", "popularity"):
+        assert runs["example"][name] == runs["slot"][name]
