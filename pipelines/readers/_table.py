@@ -262,11 +262,19 @@ def _short(value: object) -> object:
     return value
 
 
+class MissingColumnsError(ValueError):
+    """A source lacks columns the reader needs; ``missing`` names them."""
+
+    def __init__(self, message: str, missing: Sequence[str]):
+        super().__init__(message)
+        self.missing = list(missing)
+
+
 def _missing_columns(name: str, required: Sequence[str], found: Sequence[str]) -> None:
     missing = [column for column in required if column not in found]
     if missing:
-        raise ValueError(
-            f"{name}: missing required column(s) {missing}; found columns {list(found)}"
+        raise MissingColumnsError(
+            f"{name}: missing required column(s) {missing}; found columns {list(found)}", missing
         )
 
 

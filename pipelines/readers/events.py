@@ -363,6 +363,41 @@ class _Task:
 
 
 def _batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
+    try:
+        yield from _checked_batches(
+            sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers
+        )
+    except _table.MissingColumnsError as err:
+        raise _table.MissingColumnsError(
+            f"{err}. {_mapping_hint(spec, err.missing)}", err.missing
+        ) from None
+
+
+def _mapping_hint(spec: EventColumns, missing: Sequence[str]) -> str:
+    """How to name the columns the log calls otherwise: the option of each missing one."""
+    options = {
+        spec.user: "user_col",
+        spec.item: "item_col",
+        spec.time: "time_col",
+        spec.event: "event_col",
+        spec.impression: "impression_col",
+        spec.session: "session_col",
+    }
+    named = [
+        f"--{options[column].replace('_', '-')} NAME (now {column!r})"
+        for column in missing
+        if column in options
+    ]
+    if not named:
+        return "Check the names of the extra columns asked for"
+    return (
+        f"Name the log's own columns with {', '.join(named)}; in Python and in the "
+        "[prepare] table of --config the same options are spelled "
+        f"{', '.join(options[column] for column in missing if column in options)}"
+    )
+
+
+def _checked_batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
     sizes = _files.sizes(sources)
     tasks = _tasks(
         sources, file_format, delimiter, batch_bytes, workers, sizes, columns=spec.columns

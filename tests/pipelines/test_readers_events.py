@@ -335,6 +335,20 @@ def test_missing_column_names_path_and_column(tmp_path):
         events.read([_write_csv(tmp_path)], impression_col="request_id")
 
 
+def test_missing_columns_say_which_option_names_them(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,timestamp\nu1,i1,1\n")
+    with pytest.raises(ValueError) as caught:
+        events.read([path])
+    message = str(caught.value)
+    assert "--user-col NAME (now 'user_id')" in message
+    assert "--item-col NAME (now 'item_id')" in message
+    assert "--time-col" not in message  # present under its default name
+    assert "user_col, item_col" in message
+    # and the names it points to read the log
+    assert events.read([path], user_col="user", item_col="item").events.num_rows == 1
+
+
 def test_missing_parquet_and_json_columns(tmp_path):
     parquet = tmp_path / "log.parquet"
     pq.write_table(pa.table({"user_id": ["u"], "item_id": ["i"]}), parquet)
