@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     recommend = sub.add_parser("recommend", help="top items for a history, from an export")
-    recommend.add_argument("export_dir", type=Path, metavar="EXPORT_DIR")
+    recommend.add_argument(
+        "export_dir",
+        type=Path,
+        metavar="EXPORT_DIR",
+        help="an export version directory, or an EXPORT_BASE (its highest version)",
+    )
     recommend.add_argument(
         "--history", required=True, help="comma-separated raw item ids, oldest first"
     )

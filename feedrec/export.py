@@ -399,14 +399,48 @@ def export_size(export_dir: str | Path) -> dict[str, int]:
     }
 
 
+def resolve_export(export_dir: str | Path) -> Path:
+    """The version directory to load: ``export_dir`` itself when it holds a
+    ``saved_model.pb``, else its highest integer version that does (the one TF
+    Serving would serve from an ``EXPORT_BASE``).
+
+    Raises:
+        FileNotFoundError: neither holds a SavedModel.
+    """
+    export_dir = Path(export_dir)
+    if (export_dir / "saved_model.pb").is_file():
+        return export_dir
+    versions = []
+    if export_dir.is_dir():
+        versions = sorted(
+            (int(p.name), p)
+            for p in export_dir.iterdir()
+            if _VERSION.match(p.name) and (p / "saved_model.pb").is_file()
+        )
+    if not versions:
+        raise FileNotFoundError(
+            f"{export_dir} is not a feedrec export: expected a version directory holding "
+            "saved_model.pb, or an EXPORT_BASE with integer versions; write one with "
+            "`feedrec export RUN_DIR --out EXPORT_BASE`"
+        )
+    return versions[-1][1]
+
+
 def load_export(export_dir: str | Path):
-    """Load an export with plain TensorFlow (no feedrec classes needed)."""
-    return tf.saved_model.load(str(export_dir))
+    """Load an export with plain TensorFlow (no feedrec classes needed).
+
+    ``export_dir`` is a version directory or an ``EXPORT_BASE`` (its highest
+    version is loaded, see :func:`resolve_export`).
+    """
+    return tf.saved_model.load(str(resolve_export(export_dir)))
 
 
 def export_items(export_dir: str | Path) -> list[str]:
-    """The raw ids of the items an export knows (its ``items.tsv`` asset), by index."""
-    path = Path(export_dir) / "assets" / ITEMS_ASSET
+    """The raw ids of the items an export knows (its ``items.tsv`` asset), by index.
+
+    ``export_dir`` as for :func:`load_export`.
+    """
+    path = resolve_export(export_dir) / "assets" / ITEMS_ASSET
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line.split("\t", 1)[0] for line in lines]
 
@@ -437,7 +471,8 @@ def recommend(
     """The ``top_k`` best-scored catalogue items for ``history``.
 
     Args:
-        export_dir: str or Path. An export version directory.
+        export_dir: str or Path. An export version directory, or an
+            ``EXPORT_BASE`` (its highest version is used).
         history: list of str. Raw clicked ids, oldest first; may be empty.
         catalog: list of str or None. Candidate raw ids. Defaults to every
             item the export knows. Items of the history are left out.
@@ -448,6 +483,7 @@ def recommend(
     """
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0:
         raise ValueError(f"`top_k` should be a positive integer. Received: top_k={top_k!r}")
+    export_dir = resolve_export(export_dir)
     serving = load_export(export_dir)
     if catalog is None:
         catalog = export_items(export_dir)

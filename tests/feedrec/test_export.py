@@ -390,6 +390,32 @@ def test_cli_export_then_recommend(run_dir, model, tmp_path, capsys):
     )
     assert sorted(item for _, item, _ in rows) == ["N11", "N15", "NEW"]  # history left out
 
+    # EXPORT_BASE instead of its version: the latest version, as TF Serving picks it
+    from_base = _recommend_lines(capsys, ["recommend", str(version.parent), "--history", "N10"])
+    from_version = _recommend_lines(capsys, ["recommend", str(version), "--history", "N10"])
+    assert from_base == from_version
+
+
+def test_resolve_export_picks_the_highest_complete_version(tmp_path):
+    base = tmp_path / "base"
+    for name in ("1", "7", "12"):
+        (base / name).mkdir(parents=True)
+    for name in ("1", "7"):
+        (base / name / "saved_model.pb").write_bytes(b"")
+    (base / "99x").mkdir()  # not an integer version
+    (base / "99x" / "saved_model.pb").write_bytes(b"")
+    assert export.resolve_export(base) == base / "7"  # 12 holds no SavedModel
+    assert export.resolve_export(base / "1") == base / "1"
+    for missing in (base / "12", tmp_path / "nowhere"):
+        with pytest.raises(FileNotFoundError, match="is not a feedrec export"):
+            export.resolve_export(missing)
+
+
+def test_cli_recommend_without_an_export_is_a_clear_error(tmp_path, capsys):
+    assert main(["recommend", str(tmp_path / "nowhere"), "--history", "N10"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere is not a feedrec export" in err and "Traceback" not in err
+
 
 @pytest.mark.parametrize(
     ("flags", "jit_compile"),
