@@ -563,7 +563,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
                 chunk = rows[start : start + 1024]
                 at = log.times[eval_rows[chunk]][:, None]
                 recent = recent_counts(chunk)
-                clicks = np.floor(recent)  # the scorer's tie-breaking noise < 1
+                clicks = np.floor(recent).astype(np.int32)  # the tie-breaking noise < 1
                 yield freshness.offsets(clicks, ages_at(first_clicked, at)), chunk, recent
             return
         for at, group in slots(rows, log.times[eval_rows[rows]]):

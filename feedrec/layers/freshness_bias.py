@@ -15,11 +15,11 @@ def log2_buckets(values, num_buckets: int) -> np.ndarray:
     ``0 -> 0``, ``1 -> 1``, ``2..3 -> 2``, ``4..7 -> 3``, ...; values beyond the
     last bucket fall into it. NaN counts as 0.
     """
-    values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)
-    buckets = np.zeros(values.shape, dtype=np.int32)
-    positive = values >= 1
-    buckets[positive] = 1 + np.floor(np.log2(values[positive])).astype(np.int32)
-    return np.minimum(buckets, num_buckets - 1)
+    values = np.asarray(values, dtype=np.float64)
+    # value = m * 2**e with 0.5 <= m < 1: e = 1 + floor(log2(value)) exactly for value >= 1,
+    # e <= 0 below 1 and 0 for 0 and NaN; capped first so that inf lands in the last bucket
+    _, exponents = np.frexp(np.minimum(values, 2.0**num_buckets))
+    return np.clip(exponents, 0, num_buckets - 1).astype(np.int32)
 
 
 @keras.saving.register_keras_serializable(package="feedrec")
@@ -143,21 +143,37 @@ class FreshnessBias(keras.layers.Layer):
         """
         if not self.built:
             self.build()
-        click_buckets, age_buckets, log_clicks = self._features(recent_clicks, age, batched=True)
         click_weights = keras.ops.convert_to_numpy(self.click_weights).astype(np.float32)
         age_weights = keras.ops.convert_to_numpy(self.age_weights).astype(np.float32)
-        out = click_weights[click_buckets] + age_weights[age_buckets]
+        slope = np.float32(0)
         if self.log_clicks:
             slope = np.float32(keras.ops.convert_to_numpy(self.log_click_weight))
+        clicks = np.asarray(recent_clicks)
+        if np.issubdtype(clicks.dtype, np.integer):
+            # integer counts: one table of offsets per count present, then one gather
+            clicks, ages = self._checked(clicks, age, batched=True)
+            counts = np.arange(int(clicks.max(initial=0)) + 1)
+            table = click_weights[log2_buckets(counts, self.num_buckets)]
+            if self.log_clicks:
+                table = table + np.log1p(counts).astype(np.float32) * slope
+            out = age_weights[log2_buckets(ages + 1, self.num_buckets)]
+            out += table[clicks]
+            return out
+        click_buckets, age_buckets, log_clicks = self._features(recent_clicks, age, batched=True)
+        out = click_weights[click_buckets] + age_weights[age_buckets]
+        if self.log_clicks:
             out += log_clicks * slope
         return out
 
-    def _features(self, recent_clicks, age, batched: bool):
-        """Click buckets, age buckets (int32) and ``log1p(clicks)`` (float32), checked.
+    def _checked(self, recent_clicks, age, batched: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``recent_clicks`` (its dtype kept where it is numeric) and ``age`` (float64), with
+        their shapes and signs checked.
 
         ``batched``: the arrays may have leading dimensions before ``num_items``.
         """
-        clicks = np.asarray(recent_clicks, dtype=np.float64)
+        clicks = np.asarray(recent_clicks)
+        if not np.issubdtype(clicks.dtype, np.number):
+            clicks = clicks.astype(np.float64)
         ages = np.asarray(age, dtype=np.float64)  # None -> NaN
         for name, values in (("recent_clicks", clicks), ("age", ages)):
             shape = values.shape[-1:] if batched else values.shape
@@ -168,10 +184,19 @@ class FreshnessBias(keras.layers.Layer):
                 raise ValueError(
                     f"`{name}` should be non-negative. Received: min={np.nanmin(values)}"
                 )
+        return clicks, ages
+
+    def _features(self, recent_clicks, age, batched: bool):
+        """Click buckets, age buckets (int32) and ``log1p(clicks)`` (float32), checked.
+
+        ``batched``: the arrays may have leading dimensions before ``num_items``.
+        """
+        clicks, ages = self._checked(recent_clicks, age, batched)
+        clicks = clicks.astype(np.float64, copy=False)
         # an item clicked has age + 1 >= 1, so bucket >= 1; 0 is "never clicked"
-        age_buckets = np.where(np.isnan(ages), 0, log2_buckets(ages + 1, self.num_buckets))
+        age_buckets = log2_buckets(ages + 1, self.num_buckets)  # NaN (never clicked) -> 0
         log_clicks = np.log1p(np.nan_to_num(clicks)).astype(np.float32) if self.log_clicks else None
-        return log2_buckets(clicks, self.num_buckets), age_buckets.astype(np.int32), log_clicks
+        return log2_buckets(clicks, self.num_buckets), age_buckets, log_clicks
 
     def call(self, items):
         items = ops.cast(items, "int32")

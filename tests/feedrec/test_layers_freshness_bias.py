@@ -12,6 +12,15 @@ def test_log2_buckets():
     values = [0, 0.5, 1, 2, 3, 4, 7, 8, 1e9, np.nan]
     assert log2_buckets(values, 16).tolist() == [0, 0, 1, 2, 2, 3, 3, 4, 15, 0]
     assert log2_buckets(values, 3).tolist() == [0, 0, 1, 2, 2, 2, 2, 2, 2, 0]
+    # exact at and just below each power of two (no log2 rounding), inf in the last bucket
+    powers = 2.0 ** np.arange(1, 14)
+    np.testing.assert_array_equal(log2_buckets(powers, 16), np.arange(2, 15))
+    np.testing.assert_array_equal(log2_buckets(np.nextafter(powers, 0), 16), np.arange(1, 14))
+    assert log2_buckets([np.inf, 2.0**40], 16).tolist() == [15, 15]
+    rng = np.random.default_rng(1)
+    many = rng.random(1000) * 10.0 ** rng.integers(-2, 7, 1000)
+    reference = [0 if v < 1 else min(1 + int(np.floor(np.log2(v))), 15) for v in many]
+    assert log2_buckets(many, 16).tolist() == reference
 
 
 def numpy_bias(clicks, ages, click_weights, age_weights, items):
@@ -109,8 +118,9 @@ def test_log_clicks_round_trip_keeps_the_slope_and_state(run_layer_test, tmp_pat
         FreshnessBias(num_items=4, log_clicks=1)
 
 
+@pytest.mark.parametrize("clicks_dtype", [float, np.int32], ids=["float", "int-table"])
 @pytest.mark.parametrize("log_clicks", [False, True])
-def test_offsets_of_many_states_equal_update_then_call_for_each(log_clicks):
+def test_offsets_of_many_states_equal_update_then_call_for_each(log_clicks, clicks_dtype):
     rng = np.random.default_rng(2)
     layer = FreshnessBias(num_items=7, num_buckets=6, log_clicks=log_clicks)
     layer.build()
@@ -119,7 +129,7 @@ def test_offsets_of_many_states_equal_update_then_call_for_each(log_clicks):
     layer.age_weights.assign(weights[1])
     if log_clicks:
         layer.log_click_weight.assign(0.3)
-    clicks = rng.integers(0, 200, size=(4, 7)).astype(float)
+    clicks = rng.integers(0, 200, size=(4, 7)).astype(clicks_dtype)
     ages = np.where(rng.random((4, 7)) < 0.3, np.nan, rng.random((4, 7)) * 50)
     got = layer.offsets(clicks, ages)
     assert got.shape == (4, 7) and got.dtype == np.float32
@@ -129,3 +139,5 @@ def test_offsets_of_many_states_equal_update_then_call_for_each(log_clicks):
         np.testing.assert_allclose(got[row], expected, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match=r"`age` should have shape \(\.\.\., 7\)"):
         layer.offsets(clicks, ages[:, :3])
+    with pytest.raises(ValueError, match="`recent_clicks` should be non-negative"):
+        layer.offsets(-clicks, ages)
