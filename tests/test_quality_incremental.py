@@ -48,7 +48,11 @@ def tiny_spec(**incremental):
     spec["sequential"]["num_negatives"] = 8
     # the plain protocol (one pass, no freshness state) unless a test asks for more
     spec["incremental"].update(
-        min_window_examples=1, recency_prior=False, freshness_bias=False, epochs_per_window=1
+        min_window_examples=1,
+        recency_prior=False,
+        freshness_bias=False,
+        freshness_scoring="slot",
+        epochs_per_window=1,
     )
     spec["incremental"].update(incremental)
     return spec
