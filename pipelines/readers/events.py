@@ -250,7 +250,7 @@ def read_batches(
         (``on_bad_rows="error"``) raises when its batch is reached.
     """
     spec, sources, file_format, delimiter = _setup(inputs, **options)
-    return read_source_batches(
+    batches = read_source_batches(
         sources,
         spec,
         on_bad_rows=on_bad_rows,
@@ -259,6 +259,7 @@ def read_batches(
         batch_bytes=batch_bytes,
         workers=workers,
     )
+    return _with_mapping_hint(batches, spec)
 
 
 def _setup(
@@ -362,11 +363,11 @@ class _Task:
     last: bool = True
 
 
-def _batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
+def _with_mapping_hint(batches: Iterator[ReadResult], spec: EventColumns):
+    """``batches``, a missing column's error extended with the option that maps it (for
+    the events reader, whose columns the user names; not for Globo's fixed ones)."""
     try:
-        yield from _checked_batches(
-            sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers
-        )
+        yield from batches
     except _table.MissingColumnsError as err:
         raise _table.MissingColumnsError(
             f"{err}. {_mapping_hint(spec, err.missing)}", err.missing
@@ -397,7 +398,7 @@ def _mapping_hint(spec: EventColumns, missing: Sequence[str]) -> str:
     )
 
 
-def _checked_batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
+def _batches(sources, spec, on_bad_rows, file_format, delimiter, batch_bytes, workers):
     sizes = _files.sizes(sources)
     tasks = _tasks(
         sources, file_format, delimiter, batch_bytes, workers, sizes, columns=spec.columns

@@ -157,8 +157,9 @@ def test_bad_rows_in_one_file_of_many(tmp_path, line, key, field, shown):
 
 def test_missing_column_and_no_click_files(tmp_path):
     path = _zip(tmp_path, {"clicks_hour_000.csv": "user_id,click_article_id\n1,2\n"})
-    with pytest.raises(ValueError, match=r"clicks_hour_000.csv: missing required column"):
+    with pytest.raises(ValueError, match=r"clicks_hour_000.csv: missing required column") as err:
         globo.read([path])
+    assert "--session-col" not in str(err.value)  # Globo's columns are fixed: no option to offer
     empty = tmp_path / "none"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"holds no Globo click files"):
