@@ -156,7 +156,7 @@ class FreshnessBias(keras.layers.Layer):
             table = click_weights[log2_buckets(counts, self.num_buckets)]
             if self.log_clicks:
                 table = table + np.log1p(counts).astype(np.float32) * slope
-            out = age_weights[log2_buckets(ages + 1, self.num_buckets)]
+            out = age_weights[self._age_buckets(ages)]
             out += table[clicks]
             return out
         click_buckets, age_buckets, log_clicks = self._features(recent_clicks, age, batched=True)
@@ -193,10 +193,12 @@ class FreshnessBias(keras.layers.Layer):
         """
         clicks, ages = self._checked(recent_clicks, age, batched)
         clicks = clicks.astype(np.float64, copy=False)
-        # an item clicked has age + 1 >= 1, so bucket >= 1; 0 is "never clicked"
-        age_buckets = log2_buckets(ages + 1, self.num_buckets)  # NaN (never clicked) -> 0
         log_clicks = np.log1p(np.nan_to_num(clicks)).astype(np.float32) if self.log_clicks else None
-        return log2_buckets(clicks, self.num_buckets), age_buckets, log_clicks
+        return log2_buckets(clicks, self.num_buckets), self._age_buckets(ages), log_clicks
+
+    def _age_buckets(self, ages: np.ndarray) -> np.ndarray:
+        """An item clicked has age + 1 >= 1, so bucket >= 1; NaN (never clicked) -> 0."""
+        return log2_buckets(ages + 1, self.num_buckets)
 
     def call(self, items):
         items = ops.cast(items, "int32")
