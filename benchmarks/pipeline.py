@@ -22,7 +22,9 @@ Modes:
   "scale", "clicks", "input_mb", "partitions", "peak_rss_mb", ...}``.
 
 Every figure has ``wall_s`` (process start to exit) and ``cpu_s`` (user +
-system CPU time of the process, all threads), and the 1-minute load average
+system CPU time of the process, all threads), ``examples_layout`` (the
+manifest's ``layout``; ``--examples-layout`` sets prepare's ``--layout``) with
+``output_mb`` (the DATA_DIR's size), and the 1-minute load average
 when it ended: on a machine busy with other work, ``wall_s`` is longer than
 on an idle one, ``cpu_s`` much less so.
 
@@ -30,6 +32,7 @@ Usage::
 
     python benchmarks/pipeline.py                      # both modes
     python benchmarks/pipeline.py --mode globo --repeats 3
+    python benchmarks/pipeline.py --mode globo --repeats 3 --examples-layout lists
     python benchmarks/pipeline.py --mode memory --scales 1 2 4 --layouts csv zip
     python benchmarks/pipeline.py --mode memory --scales 1 2 4 --layouts jsonl parquet
 """
@@ -58,8 +61,12 @@ sys.exit(run(parser.parse_args(sys.argv[1:])))
 """
 
 
-def run_prepare(argv: list[str], cpus: str | None = None) -> dict:
-    """Run prepare in a fresh process; wall time, peak RSS and the manifest."""
+def run_prepare(
+    argv: list[str], cpus: str | None = None, examples_layout: str | None = None
+) -> dict:
+    """Run prepare in a fresh process; wall time, peak RSS, output size and the manifest."""
+    if examples_layout:
+        argv = [*argv, "--layout", examples_layout]
     command = [sys.executable, "-c", CHILD, *argv, "--no-progress"]
     if cpus:
         command = ["taskset", "-c", cpus, *command]
@@ -80,6 +87,7 @@ def run_prepare(argv: list[str], cpus: str | None = None) -> dict:
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "load_average": round(os.getloadavg()[0], 2),  # other work on the machine skews wall_s
+        "output_mb": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20, 1),
         "manifest": manifest,
     }
 
@@ -88,13 +96,16 @@ def figure(**fields) -> None:
     print(json.dumps(fields), flush=True)
 
 
-def bench_globo(workdir: Path, cpus: str | None, repeats: int) -> None:
+def bench_globo(
+    workdir: Path, cpus: str | None, repeats: int, examples_layout: str | None = None
+) -> None:
     if not GLOBO.exists():
         print(f"skipped globo: {GLOBO.resolve()} is absent (../shared/data)", file=sys.stderr)
         return
     for repeat in range(repeats):
         out = workdir / f"globo-{repeat}"
-        result = run_prepare(["--format", "globo", str(GLOBO), "--out", str(out)], cpus)
+        argv = ["--format", "globo", str(GLOBO), "--out", str(out)]
+        result = run_prepare(argv, cpus, examples_layout)
         manifest = result["manifest"]
         clicks = manifest["rows_read"]
         figure(
@@ -112,6 +123,8 @@ def bench_globo(workdir: Path, cpus: str | None, repeats: int) -> None:
             cpus=cpus or len(os.sched_getaffinity(0)),
             history_length=manifest["history_length"],
             negatives=manifest["num_negatives"],
+            examples_layout=manifest["layout"],
+            output_mb=result["output_mb"],
         )
         shutil.rmtree(out, ignore_errors=True)
 
@@ -231,6 +244,7 @@ def bench_memory(
     max_rows: int,
     cpus: str | None,
     layouts: list[str],
+    examples_layout: str | None = None,
 ) -> None:
     per_hour = 25_000
     for layout in layouts:
@@ -257,7 +271,7 @@ def bench_memory(
             input_mb = sum(Path(p).stat().st_size for p in inputs) / 2**20
             out = workdir / f"synthetic-{layout}-{scale}x-data"
             argv += ["--out", str(out), "--max-rows-in-memory", str(max_rows)]
-            result = run_prepare(argv, cpus)
+            result = run_prepare(argv, cpus, examples_layout)
             manifest = result["manifest"]
             figure(
                 benchmark="pipeline-memory",
@@ -275,6 +289,8 @@ def bench_memory(
                 cpu_s=round(result["cpu_s"], 2),
                 load_average=result["load_average"],
                 cpus=cpus or len(os.sched_getaffinity(0)),
+                examples_layout=manifest["layout"],
+                output_mb=result["output_mb"],
             )
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(folder, ignore_errors=True)
@@ -297,13 +313,18 @@ def main(argv: list[str] | None = None) -> int:
         help="memory mode: several Parquet files, one large CSV, one zip, one large JSON "
         "Lines file, one large Parquet file (default: all)",
     )
+    parser.add_argument(
+        "--examples-layout",
+        choices=("compact", "lists"),
+        help="prepare's --layout (default: prepare's own: compact for these click logs)",
+    )
     parser.add_argument("--workdir", type=Path, help="scratch folder (default: a temp folder)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="feedrec-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         if args.mode in ("globo", "all"):
-            bench_globo(workdir, args.cpus, args.repeats)
+            bench_globo(workdir, args.cpus, args.repeats, args.examples_layout)
         if args.mode in ("memory", "all"):
             bench_memory(
                 workdir,
@@ -313,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_rows_in_memory,
                 args.cpus,
                 args.layouts,
+                args.examples_layout,
             )
     finally:
         if args.workdir is None:

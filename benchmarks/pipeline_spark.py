@@ -96,12 +96,15 @@ def run_engine(engine: str, out: Path, cores: int, memory: str) -> dict:
 
 
 def same_tables(local: Path, spark: Path) -> bool:
-    """Whether both DATA_DIRs hold equal tables (splits compared sorted by example_key)."""
+    """Whether both DATA_DIRs hold equal tables (splits as read, in either layout,
+    compared sorted by example_key)."""
     import pyarrow.parquet as pq
 
+    from pipelines.dataset import load_split
+
     for split in ("train", "valid", "test"):
-        expected = pq.read_table(local / f"{split}.parquet").sort_by("example_key")
-        received = pq.read_table(spark / f"{split}.parquet").sort_by("example_key")
+        expected = load_split(local, split).sort_by("example_key")
+        received = load_split(spark, split).sort_by("example_key")
         if not received.equals(expected):
             return False
         del expected, received

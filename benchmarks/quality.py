@@ -438,12 +438,13 @@ class GloboLog:
         import pyarrow.parquet as pq
 
         from feedrec.sequential import _clicked_items, click_order
+        from pipelines.dataset import ExamplesFile
 
-        table = pq.read_table(data_dir / "train.parquet")
+        table = ExamplesFile(data_dir / "train.parquet").read()
         for split in ("valid", "test"):
             path = data_dir / f"{split}.parquet"
             if path.exists() and pq.read_metadata(path).num_rows:
-                table = pa.concat_tables([table, pq.read_table(path)])
+                table = pa.concat_tables([table, ExamplesFile(path).read()])
         table = table.take(pa.array(click_order(table))).combine_chunks()
         items = _clicked_items(table).astype(np.int64)
         times = table.column("time").to_numpy()

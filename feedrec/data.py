@@ -31,7 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.schema import EXAMPLES, PADDING_INDEX, PADDING_LABEL, validate
+from pipelines.dataset import ExamplesFile
+from pipelines.schema import PADDING_INDEX, PADDING_LABEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +89,7 @@ def load_split(
         history_length: L; longer stored histories keep their most recent L.
         num_candidates: C; defaults to the longest candidate list in the split.
     """
-    path = split_path(data_dir, split)
-    table = validate(pq.read_table(path), EXAMPLES, str(path))
+    table = ExamplesFile(split_path(data_dir, split)).read()
     return batch_from_table(table, history_length, num_candidates)
 
 
@@ -202,24 +202,15 @@ def read_chunks(path: str | Path, *, chunk_rows: int = 8192, row_groups=None) ->
     """Stream the training columns of an examples file, ``chunk_rows`` rows at a time.
 
     Reads the row groups ``row_groups`` in that order (all, in file order, by
-    default); within a row group, rows keep their order. The schema is
-    checked against ``pipelines.schema.EXAMPLES`` before anything is read.
+    default); within a row group, rows keep their order. Either layout
+    (``pipelines.dataset.ExamplesFile``); the schema is checked before
+    anything is read.
     """
-    path = Path(path)
-    parquet = pq.ParquetFile(path)
-    schema = parquet.schema_arrow
-    validate(schema.empty_table(), EXAMPLES, str(path))
-    if row_groups is None:
-        row_groups = range(parquet.metadata.num_row_groups)
-    for group in row_groups:
-        for chunk in parquet.iter_batches(
-            batch_size=chunk_rows, row_groups=[int(group)], columns=list(TRAIN_COLUMNS)
-        ):
-            yield pa.Table.from_batches([chunk])
+    yield from ExamplesFile(path).iter_tables(chunk_rows, row_groups, list(TRAIN_COLUMNS))
 
 
 def row_group_count(path: str | Path) -> int:
-    return pq.ParquetFile(path).metadata.num_row_groups
+    return ExamplesFile(path).num_row_groups
 
 
 def shuffle_chunks(

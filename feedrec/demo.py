@@ -129,6 +129,8 @@ def _one_request(data_dir: Path) -> tuple[list[str], list[str]]:
     import pyarrow.parquet as pq
 
     items = pq.read_table(data_dir / "items.parquet", columns=["item_id"]).column(0).to_pylist()
-    test = pq.read_table(data_dir / "test.parquet", columns=["history", "candidates"])
+    from pipelines.dataset import load_split
+
+    test = load_split(data_dir, "test", ["history", "candidates"])
     row = test.slice(0, 1).to_pylist()[0]
     return [items[i] for i in row["history"]], [items[i] for i in row["candidates"]]

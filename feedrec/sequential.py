@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from feedrec.config import Config, config_from_tables, read_config_file
 from feedrec.data import Batch, load_split, pad_lists, positions_within, split_path
 from feedrec.runs import atomic_directory, read_json, write_json
+from pipelines.dataset import ExamplesFile
 
 logger = logging.getLogger(__name__)
 
@@ -366,19 +367,6 @@ def _clicked_items(table: pa.Table) -> np.ndarray:
     return np.where(clicked.any(axis=1), candidates[np.arange(len(labels)), clicked.argmax(1)], 0)
 
 
-def _take_rows(path: Path, rows: np.ndarray, columns: list[str]) -> pa.Table:
-    """Rows ``rows`` (sorted) of a Parquet file, reading it batch by batch."""
-    pieces, offset = [], 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=columns):
-        local = rows[(rows >= offset) & (rows < offset + batch.num_rows)] - offset
-        if len(local):
-            pieces.append(pa.Table.from_batches([batch]).take(pa.array(local)))
-        offset += batch.num_rows
-    if pieces:
-        return pa.concat_tables(pieces)
-    return pq.read_schema(path).empty_table().select(columns)
-
-
 def load_training_sequences(
     data_dir: str | Path, max_length: int, windows: str = "last"
 ) -> Sequences:
@@ -387,25 +375,25 @@ def load_training_sequences(
     Only the histories that are used are decoded (each user's last row for
     ``windows="last"``, first row for ``"all"``), not the whole file's.
     """
-    path = split_path(data_dir, "train")
+    examples = ExamplesFile(split_path(data_dir, "train"))
     if windows == "all":
         columns = ["example_key", "user_id", "time", "candidates", "labels"]
-        table = pq.read_table(path, columns=columns)
+        table = examples.read(columns)
         if table.num_rows == 0:
             return sequences_from_examples(table, max_length)
 
         def first_histories(rows: np.ndarray) -> pa.ChunkedArray:
             wanted = np.sort(rows)
-            found = _take_rows(path, wanted, ["history"]).column("history")
+            found = examples.take(wanted, ["history"]).column("history")
             return found.take(pa.array(np.searchsorted(wanted, rows)))
 
         return _all_windows(table, max_length, None, first_histories)
-    keys = pq.read_table(path, columns=["example_key", "user_id", "time"])
+    keys = examples.read(["example_key", "user_id", "time"])
     order = click_order(keys)
     codes, _ = _user_codes(keys, order)
     wanted = np.sort(order[_ends(codes)])
     columns = ["example_key", "user_id", "time", "history", "candidates", "labels"]
-    return sequences_from_examples(_take_rows(path, wanted, columns), max_length, windows=windows)
+    return sequences_from_examples(examples.take(wanted, columns), max_length, windows=windows)
 
 
 def batch_indices(

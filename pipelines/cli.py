@@ -28,7 +28,7 @@ from typing import Any
 
 from feedrec.config import read_config_file  # plain Python: no TensorFlow
 from pipelines.prepare import ENGINES, FORMATS, PrepareOptions, prepare
-from pipelines.schema import SPLITS
+from pipelines.schema import LAYOUTS, SPLITS
 
 #: Errors caused by the input or the options: one line on stderr, exit code 2.
 #: (``BadRowError`` and ``SchemaError`` are ``ValueError``; file problems are ``OSError``.)
@@ -92,6 +92,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-partitions", type=int, metavar="P", help="partitions when spilling")
     parser.add_argument("--chunk-size", type=int, metavar="N", help="examples per written chunk")
     parser.add_argument("--workers", type=int, metavar="N", help="threads (default: 2)")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="history lists in every row, or each click once + offsets (default: lists)",
+    )
     columns = parser.add_argument_group("events format columns")
     for name in ("user", "item", "time", "event", "impression", "session"):
         columns.add_argument(f"--{name}-col", metavar="NAME", help=f"column of {name} values")

@@ -5,6 +5,12 @@ A DATA_DIR holds ``train.parquet``, ``valid.parquet``, ``test.parquet``
 item index ``i``), ``features/{name}.parquet`` (``FEATURE_VOCAB``) and
 ``manifest.json``. Every loader checks the declared schema.
 
+In the ``compact`` layout (``feedrec prepare --layout compact``) the split
+files hold ``history_start`` instead of the ``history`` lists
+(``COMPACT_EXAMPLES``) and ``clicks.parquet`` (``CLICKS``) holds every click
+once; :class:`ExamplesFile` reads either layout as ``EXAMPLES``, expanding the
+histories of only the rows it returns. Every reader of examples goes through it.
+
 Example:
 
 >>> manifest = load_manifest("data")                    # doctest: +SKIP
@@ -22,7 +28,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.io import read_json
-from pipelines.schema import EXAMPLES, FEATURE_VOCAB, ITEMS, SPLITS, validate
+from pipelines.schema import (
+    CLICKS,
+    COMPACT_EXAMPLES,
+    EXAMPLES,
+    FEATURE_VOCAB,
+    ITEMS,
+    SPLITS,
+    validate,
+)
+from pipelines.sequences import gather_lists
+
+CLICKS_FILE = "clicks.parquet"
 
 MANIFEST = "manifest.json"
 
@@ -42,13 +59,142 @@ def load_manifest(data_dir: str | Path) -> dict:
 
 
 def load_split(data_dir: str | Path, split: str, columns: list[str] | None = None) -> pa.Table:
-    """``{split}.parquet`` (``EXAMPLES``), optionally only some ``columns``."""
+    """``{split}.parquet`` (``EXAMPLES``, either layout), optionally only some ``columns``."""
     if split not in SPLITS:
         raise ValueError(f"`split` should be one of {SPLITS}. Received: split={split!r}")
-    path = _data_dir(data_dir) / f"{split}.parquet"
-    table = pq.read_table(path, columns=columns)
-    schema = EXAMPLES if columns is None else pa.schema([EXAMPLES.field(c) for c in columns])
-    return validate(table, schema, str(path))
+    return ExamplesFile(_data_dir(data_dir) / f"{split}.parquet").read(columns)
+
+
+class ExamplesFile:
+    """One ``{split}.parquet`` of either layout, read as ``EXAMPLES`` tables.
+
+    The layout is read from the file's own schema: a ``history_start`` column
+    means ``compact``, with the clicks in ``clicks.parquet`` beside it (read
+    once, when a history is first asked for). The schema is checked before
+    any row is read. ``path`` may also be a directory of Parquet parts (the
+    Spark engine's output on a URI, copied down), read as one file: its parts
+    in name order, their row groups numbered one after another.
+
+    Example:
+
+    >>> examples = ExamplesFile("data/train.parquet")            # doctest: +SKIP
+    >>> examples.read(["history", "candidates"])                 # doctest: +SKIP
+    >>> for table in examples.iter_tables(8192, columns=["history"]):  # doctest: +SKIP
+    ...     ...
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        paths = sorted(self.path.glob("*.parquet")) if self.path.is_dir() else [self.path]
+        if not paths:
+            raise FileNotFoundError(f"{self.path}: a directory without Parquet parts")
+        self.parts = [pq.ParquetFile(p) for p in paths]
+        names = self.parts[0].schema_arrow.names
+        self.compact = "history_start" in names and "history" not in names
+        self.schema = COMPACT_EXAMPLES if self.compact else EXAMPLES
+        for where, part in zip(paths, self.parts, strict=True):
+            validate(part.schema_arrow.empty_table(), self.schema, str(where))
+        self._groups = [
+            (part, group) for part in self.parts for group in range(part.metadata.num_row_groups)
+        ]
+        self._clicks: pa.Array | None = None
+
+    @property
+    def layout(self) -> str:
+        return "compact" if self.compact else "lists"
+
+    @property
+    def num_rows(self) -> int:
+        return sum(part.metadata.num_rows for part in self.parts)
+
+    @property
+    def num_row_groups(self) -> int:
+        return len(self._groups)
+
+    def stored_columns(self, columns: list[str] | None = None) -> list[str]:
+        """The file's columns that give ``columns`` (``EXAMPLES`` names; None = all)."""
+        columns = EXAMPLES.names if columns is None else list(columns)
+        for name in columns:
+            if name not in EXAMPLES.names:
+                raise ValueError(
+                    f"{self.path}: no examples column {name!r}; columns: {EXAMPLES.names}"
+                )
+        if not self.compact or "history" not in columns:
+            return columns
+        stored = [c for c in columns if c != "history"]
+        return stored + [c for c in ("history_start", "history_length") if c not in stored]
+
+    def expand(self, table: pa.Table, columns: list[str] | None = None) -> pa.Table:
+        """``table`` (read with :meth:`stored_columns`) as the ``EXAMPLES`` ``columns``."""
+        columns = EXAMPLES.names if columns is None else list(columns)
+        if self.compact and "history" in columns:
+            start = table.column("history_start").to_numpy()
+            end = start + table.column("history_length").to_numpy()
+            clicks = self.clicks()
+            if len(start) and (start.min() < 0 or end.max() > len(clicks)):
+                raise ValueError(
+                    f"{self.path}: `history_start` + `history_length` should lie in "
+                    f"[0, {len(clicks)}] (the clicks of {self.path.with_name(CLICKS_FILE)}); "
+                    f"received [{int(start.min())}, {int(end.max())}]"
+                )
+            history = gather_lists(start, end, clicks)
+            table = table.append_column(EXAMPLES.field("history"), history)
+        return table.select(columns)
+
+    def clicks(self) -> pa.Array:
+        """The compact layout's clicks (``clicks.parquet``'s ``item_index``)."""
+        if self._clicks is None:
+            path = self.path.with_name(CLICKS_FILE)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{self.path} has the compact layout (`history_start`), but {path} "
+                    "is missing; the histories are stored there"
+                )
+            table = validate(pq.read_table(path), CLICKS, str(path))
+            self._clicks = table.column("item_index").combine_chunks()
+        return self._clicks
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        """The whole file (or ``columns``) as one ``EXAMPLES`` table."""
+        stored = self.stored_columns(columns)
+        table = pa.concat_tables([part.read(columns=stored) for part in self.parts])
+        return self.expand(table, columns)
+
+    def take(self, rows: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Rows ``rows`` (sorted, unique) of the file, read batch by batch; only
+        their histories are expanded."""
+        stored = self.stored_columns(columns)
+        rows = np.asarray(rows, np.int64)
+        pieces, offset = [], 0
+        batches = (
+            batch
+            for part in self.parts
+            for batch in part.iter_batches(batch_size=65_536, columns=stored)
+        )
+        for batch in batches:
+            local = rows[(rows >= offset) & (rows < offset + batch.num_rows)] - offset
+            if len(local):
+                pieces.append(pa.Table.from_batches([batch]).take(pa.array(local)))
+            offset += batch.num_rows
+        table = (
+            pa.concat_tables(pieces)
+            if pieces
+            else self.parts[0].schema_arrow.empty_table().select(stored)
+        )
+        return self.expand(table, columns)
+
+    def iter_tables(self, batch_size: int, row_groups=None, columns: list[str] | None = None):
+        """``EXAMPLES`` tables of at most ``batch_size`` rows, in file order
+        (of the ``row_groups`` given, in that order; all by default)."""
+        if row_groups is None:
+            row_groups = range(self.num_row_groups)
+        stored = self.stored_columns(columns)
+        for group in row_groups:
+            part, local = self._groups[int(group)]
+            for batch in part.iter_batches(
+                batch_size=batch_size, row_groups=[local], columns=stored
+            ):
+                yield self.expand(pa.Table.from_batches([batch]), columns)
 
 
 def load_items(data_dir: str | Path) -> pa.Table:

@@ -8,8 +8,9 @@ Data flow (local engine)::
            -> item vocabulary (train only) + negative sampler
            -> pass B, per partition: histories, candidates, labels, in chunks
               of examples sorted by (time, example_key), on worker threads
-           -> train/valid/test.parquet, items.parquet, features/*.parquet,
-              manifest.json, written into a temporary directory renamed into place
+           -> train/valid/test.parquet (+ clicks.parquet in the compact layout),
+              items.parquet, features/*.parquet, manifest.json, written into a
+              temporary directory renamed into place
 
 What an example is:
 
@@ -27,6 +28,14 @@ What an example is:
 * **History**: the user's clicks strictly before the example time (most
   recent L kept), or, when the reader supplies one (MIND), the log's own
   history list (its most recent L).
+
+Layout (``PrepareOptions.layout``): ``compact`` writes each partition's
+clicks once to ``clicks.parquet`` (vocabulary indices in (user, time) order,
+partition after partition) and gives each example ``history_start``, the
+start of its history there; ``lists`` writes each history list into its
+row. Compact is the default wherever histories are built from the clicks;
+``pipelines.dataset.ExamplesFile`` reads both as ``EXAMPLES``. The offsets
+depend on the partitioning, the examples as read do not.
 
 Vocabulary counts (train split only): a click log counts each training click;
 an impression log counts every row of a training impression, every entry of
@@ -72,6 +81,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -88,6 +98,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.dataset import CLICKS_FILE
 from pipelines.io import atomic_directory, check_destination, file_info, write_json
 from pipelines.negatives import (
     SAMPLING_MODES,
@@ -101,7 +112,16 @@ from pipelines.negatives import (
     parse_duration,
     stream_keys,
 )
-from pipelines.schema import EVENTS, EXAMPLES, OOV_INDEX, SPLITS, validate
+from pipelines.schema import (
+    CLICKS,
+    COMPACT_EXAMPLES,
+    EVENTS,
+    EXAMPLES,
+    LAYOUTS,
+    OOV_INDEX,
+    SPLITS,
+    validate,
+)
 from pipelines.sequences import (
     gather_lists,
     history_bounds,
@@ -149,6 +169,10 @@ _PARQUET_OPTIONS = {
 }
 
 ReadFunction = Callable[..., Any]
+_COMPACT_NEEDS_CLICKS = (
+    "layout='compact' needs histories built from the log's clicks; {reader} gives each "
+    "impression its own history list: use layout='lists' (or leave `layout` unset)"
+)
 _RUN_ROW_GROUP = 16_384
 _MERGE_PIECE = 65_536
 
@@ -190,6 +214,14 @@ class PrepareOptions:
             ``ceil(2 * events / max_rows_in_memory)``. Defaults to None.
         chunk_size: examples built and written per chunk. Defaults to 250,000.
         workers: threads building chunks. Defaults to 2.
+        layout: ``"compact"`` (each click stored once, in ``clicks.parquet``;
+            each row points into it with ``history_start``) or ``"lists"``
+            (each example's history list in its row: L copies of a click).
+            Both read as ``EXAMPLES`` through ``pipelines.dataset``. Compact
+            needs histories built from the log's clicks: not ``mind`` (its
+            histories are given per impression), not the ``spark`` engine.
+            None (the default) picks compact where it can, else lists; the
+            manifest's ``layout`` says which.
         user_col, item_col, time_col, event_col, impression_col, session_col,
         time_unit: column mapping and time unit for the ``events`` reader,
             forwarded when set. Default None.
@@ -215,6 +247,7 @@ class PrepareOptions:
     num_partitions: int | None = None
     chunk_size: int = 250_000
     workers: int = 2
+    layout: str | None = None
     user_col: str | None = None
     item_col: str | None = None
     time_col: str | None = None
@@ -270,6 +303,15 @@ class PrepareOptions:
             _check_int(self, "num_partitions", 1)
         _check_int(self, "chunk_size", 1)
         _check_int(self, "workers", 1)
+        if self.layout is not None and self.layout not in LAYOUTS:
+            raise ValueError(
+                f"`layout` should be one of {LAYOUTS}. Received: layout={self.layout!r}"
+            )
+        if self.layout == "compact" and self.engine != "local":
+            raise ValueError(
+                "layout='compact' is written by the local engine only; the spark engine "
+                "writes layout='lists'"
+            )
 
     def split_mode_for(self, format: str) -> str:
         if self.split_mode is not None:
@@ -338,6 +380,8 @@ def prepare(
         return prepare_on_spark(format, inputs, out_dir, options=options, progress=progress)
     if format not in FORMATS and reader is None:
         raise ValueError(f"`format` should be one of {FORMATS}. Received: format={format!r}")
+    if format == "mind" and options.layout == "compact":
+        raise ValueError(_COMPACT_NEEDS_CLICKS.format(reader="MIND"))
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("no input given; pass at least one INPUT path")
@@ -621,6 +665,7 @@ class _Context:
     code_to_index: np.ndarray | None = None
     num_id_items: int | None = None  # indices >= this have no ID embedding (metadata only)
     sampler: NegativeSampler | None = None
+    layout: str = "lists"  # as written (see `_Job._layout`)
 
 
 class _Job:
@@ -637,6 +682,7 @@ class _Job:
         self.items_read = 0
         self.users = 0
         self.items_rejected: collections.Counter[str] = collections.Counter()
+        self.given_histories = False  # the reader gave history lists (MIND)
 
     # -- reading ----------------------------------------------------------------------
 
@@ -664,6 +710,7 @@ class _Job:
                 self.items_rejected.update(item_rejections.by_reason)
             rows = store.rows + events.num_rows
             expected = rows if progress >= 1.0 else int(rows / max(progress, 1e-9))
+            self.given_histories |= result.given_history is not None
             store.add(events, result.given_history, expected)
             del result, events
         return store
@@ -703,6 +750,14 @@ class _Job:
             inputs = result.inputs or [file_info(p) for p in _files(group)]
             progress = 1.0 if number == len(groups) else seen_bytes / max(total_bytes, 1)
             yield result, inputs, progress
+
+    def _layout(self) -> str:
+        """The layout written: the option, or compact unless the reader gave histories."""
+        if self.options.layout is None:
+            return "lists" if self.given_histories else "compact"
+        if self.options.layout == "compact" and self.given_histories:
+            raise ValueError(_COMPACT_NEEDS_CLICKS.format(reader="this reader"))
+        return self.options.layout
 
     # -- the whole job -------------------------------------------------------------------
 
@@ -761,11 +816,21 @@ class _Job:
 
         self.bar.stage("examples")
         stats = {split: _SplitStats() for split in SPLITS}
-        writers = _SplitWriters(self.out, self.work, spilled=store.spilled)
+        ctx.layout = self._layout()
+        compact = ctx.layout == "compact"
+        writers = _SplitWriters(
+            self.out,
+            self.work,
+            spilled=store.spilled,
+            schema=COMPACT_EXAMPLES if compact else EXAMPLES,
+        )
         partitions = [(None, None)] if cached is not None else store.iter_partitions()
         # The splits are built and written at once, each by its own thread (writing
         # releases the GIL); their chunks are built by the `workers` threads of `pool`.
         with (
+            (
+                _ClicksWriter(self.out / CLICKS_FILE) if compact else contextlib.nullcontext()
+            ) as clicks,
             concurrent.futures.ThreadPoolExecutor(options.workers) as pool,
             concurrent.futures.ThreadPoolExecutor(len(SPLITS)) as split_pool,
         ):
@@ -773,6 +838,8 @@ class _Job:
                 part = cached if cached is not None else _Partition(events, given, ctx)
                 cached = None
                 part.index_items()
+                if clicks is not None:
+                    part.click_offset = clicks.write(part.click_index)
                 jobs = [
                     split_pool.submit(
                         _write_split, part, code, index, pool, writers, stats[split], options
@@ -877,10 +944,12 @@ class _Job:
             "num_id_items": int(ctx.num_id_items),
             "feature_vocab_sizes": {name: int(t.num_rows) for name, t in features.items()},
             "history_length": int(self.options.history_length),
+            "layout": ctx.layout,
             "num_negatives": int(self.options.negatives),
             "partitions": int(store.partitions),
             "files": {
                 "splits": {split: f"{split}.parquet" for split in SPLITS},
+                **({"clicks": CLICKS_FILE} if ctx.layout == "compact" else {}),
                 "items": "items.parquet",
                 "features": {name: f"features/{name}.parquet" for name in features},
             },
@@ -1054,8 +1123,8 @@ class _SplitWriters:
     that the merge reads only the batches overlapping each time slab.
     """
 
-    def __init__(self, out: Path, work: Path, *, spilled: bool):
-        self.out, self.work, self.spilled = out, work, spilled
+    def __init__(self, out: Path, work: Path, *, spilled: bool, schema: pa.Schema = EXAMPLES):
+        self.out, self.work, self.spilled, self.schema = out, work, spilled, schema
         self._writers: dict[tuple[str, int], Any] = {}
         self.batches: dict[str, list[_RunBatch]] = collections.defaultdict(list)
         self._counts: dict[tuple[str, int], int] = collections.Counter()
@@ -1064,9 +1133,11 @@ class _SplitWriters:
         if self.spilled:
             path = self._run_path(split, partition)
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = pa.ipc.new_file(path, EXAMPLES)
+            writer = pa.ipc.new_file(path, self.schema)
         else:
-            writer = pq.ParquetWriter(self.out / f"{split}.parquet", EXAMPLES, **_PARQUET_OPTIONS)
+            writer = pq.ParquetWriter(
+                self.out / f"{split}.parquet", self.schema, **_PARQUET_OPTIONS
+            )
         self._writers[split, partition] = writer
 
     def _run_path(self, split: str, partition: int) -> Path:
@@ -1101,7 +1172,33 @@ class _SplitWriters:
         """Merge each split's runs in (time, example_key) order, one time slab at a time."""
         if self.spilled:
             for split in SPLITS:
-                merge_sorted_runs(self.batches[split], self.out / f"{split}.parquet", slab_rows)
+                merge_sorted_runs(
+                    self.batches[split], self.out / f"{split}.parquet", slab_rows, self.schema
+                )
+
+
+class _ClicksWriter:
+    """``clicks.parquet`` of the compact layout: the partitions' clicks, one after another."""
+
+    def __init__(self, path: Path):
+        self._writer = pq.ParquetWriter(path, CLICKS, compression="snappy", use_dictionary=False)
+        self.rows = 0
+
+    def write(self, item_index: np.ndarray) -> int:
+        """Append a partition's clicks (vocabulary indices, in (user, time) order);
+        returns where they start."""
+        start = self.rows
+        self._writer.write_table(
+            pa.table({"item_index": pa.array(item_index.astype(np.int32))}, schema=CLICKS)
+        )
+        self.rows += len(item_index)
+        return start
+
+    def __enter__(self) -> _ClicksWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._writer.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1114,7 +1211,9 @@ class _RunBatch:
     last: int
 
 
-def merge_sorted_runs(batches: list[_RunBatch], path: Path, slab_rows: int) -> None:
+def merge_sorted_runs(
+    batches: list[_RunBatch], path: Path, slab_rows: int, schema: pa.Schema = EXAMPLES
+) -> None:
     """Merge runs of examples, each sorted by (time, example_key), into one sorted Parquet file.
 
     Memory is bounded by about ``slab_rows`` examples: slabs are cut at batch
@@ -1133,7 +1232,7 @@ def merge_sorted_runs(batches: list[_RunBatch], path: Path, slab_rows: int) -> N
     per_slab = max(1, slab_rows // _RUN_ROW_GROUP)
     edges = [None, *sorted_unique(starts[per_slab::per_slab]).tolist(), None]
     pool = pa.default_memory_pool()
-    with pq.ParquetWriter(path, EXAMPLES, **_PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(path, schema, **_PARQUET_OPTIONS) as writer:
         for low, high in zip(edges[:-1], edges[1:], strict=True):
             pieces = []
             for entry in batches:
@@ -1151,7 +1250,7 @@ def merge_sorted_runs(batches: list[_RunBatch], path: Path, slab_rows: int) -> N
                     mask = upper if mask is None else pc.and_(mask, upper)
                 pieces.append(piece if mask is None else piece.filter(mask))
             if pieces:
-                slab = pa.Table.from_batches(pieces, schema=EXAMPLES)
+                slab = pa.Table.from_batches(pieces, schema=schema)
                 order = _example_order(slab).to_numpy()
                 # Small takes: taking list columns needs several times their size.
                 for begin in range(0, len(order), _MERGE_PIECE):
@@ -1288,6 +1387,8 @@ class _Partition:
             )
         # Vocabulary indices, filled by `index_items` once the vocabulary exists.
         self.click_index = self.row_index = None
+        # Where this partition's clicks start in `clicks.parquet` (compact layout).
+        self.click_offset = 0
 
     def _impression_units(self) -> None:
         rows = np.flatnonzero(self.impression >= 0)
@@ -1476,11 +1577,13 @@ class _Partition:
         kind, rows = plan.kind, plan.rows
         units = self.units(kind, rows)
         length = options.history_length
+        compact = ctx.layout == "compact"
         if self.given is not None:
             lists = last_n(self.given.take(pa.array(units.group)), length)
             codes = _codes(pc.index_in(lists.values, ctx.items))
             values = np.where(codes >= 0, index[np.maximum(codes, 0)], OOV_INDEX).astype(np.int32)
             history = pa.ListArray.from_arrays(lists.offsets, pa.array(values, pa.int32()))
+            kept = np.diff(lists.offsets.to_numpy())
             history_oov = self._unseen(values)
         else:
             if kind == "click":  # the queries are the clicks themselves
@@ -1490,7 +1593,8 @@ class _Partition:
                 start, end = history_bounds(
                     self.click_user, self.click_time, units.user, units.time, length
                 )
-            history = gather_lists(start, end, self.click_index, pa.int32())
+            history = None if compact else gather_lists(start, end, self.click_index, pa.int32())
+            history_start, kept = start + self.click_offset, end - start
             unseen = self.click_unseen
             history_oov = int(unseen[end].sum() - unseen[start].sum())
         if kind == "click":
@@ -1533,12 +1637,16 @@ class _Partition:
                     else pa.nulls(len(rows), pa.string())
                 ),
                 "session_id": self.sessions.take(pa.array(self.order[units.session])),
-                "history": history.cast(pa.list_(pa.int32())),
-                "history_length": pa.array(np.diff(history.offsets.to_numpy()).astype(np.int32)),
+                **(
+                    {"history_start": pa.array(history_start, pa.int64())}
+                    if compact
+                    else {"history": history.cast(pa.list_(pa.int32()))}
+                ),
+                "history_length": pa.array(kept.astype(np.int32)),
                 "candidates": candidates,
                 "labels": labels.cast(pa.list_(pa.int8())),
             },
-            schema=EXAMPLES,
+            schema=COMPACT_EXAMPLES if compact else EXAMPLES,
         )
         candidate_values = candidates.values.to_numpy(zero_copy_only=False)
         oov = (history_oov, self._unseen(candidate_values))

@@ -56,6 +56,24 @@ EXAMPLES = pa.schema(
     ]
 )
 
+#: The ``compact`` layout of ``{split}.parquet``: no history lists on disk;
+#: ``history_start`` points into ``clicks.parquet`` (``CLICKS``), and an
+#: example's history is ``clicks[history_start : history_start + history_length]``.
+#: ``pipelines.dataset.ExamplesFile`` reads either layout as ``EXAMPLES``.
+COMPACT_EXAMPLES = pa.schema(
+    [
+        pa.field("history_start", pa.int64(), nullable=False) if f.name == "history" else f
+        for f in EXAMPLES
+    ]
+)
+
+#: ``clicks.parquet`` of the compact layout: every click of the log as an item
+#: index, sorted by (user, time); each user's clicks are contiguous.
+CLICKS = pa.schema([pa.field("item_index", pa.int32(), nullable=False)])
+
+#: On-disk layouts of the examples: history lists in every row, or compact.
+LAYOUTS = ("lists", "compact")
+
 #: Item vocabulary (``items.parquet``): index -> raw id, training count and
 #: categorical features (as indices into their own vocabularies, 0 = missing).
 ITEMS = pa.schema(

@@ -634,6 +634,7 @@ class _Job:
             "feature_vocab_sizes": {name: int(t.num_rows) for name, t in features.items()},
             "history_length": int(self.options.history_length),
             "num_negatives": int(self.options.negatives),
+            "layout": "lists",
             "partitions": int(self.spark.conf.get("spark.sql.shuffle.partitions")),
             "files": {
                 "splits": {split: f"{split}.parquet" for split in SPLITS},

@@ -6,6 +6,7 @@ import pytest
 from feedrec.data import (
     batch_from_table,
     candidate_width,
+    load_split,
     make_train_dataset,
     pad_lists,
     rebatch,
@@ -13,7 +14,8 @@ from feedrec.data import (
     split_size,
     train_batches,
 )
-from pipelines.schema import EXAMPLES
+from pipelines.dataset import ExamplesFile
+from pipelines.schema import CLICKS, COMPACT_EXAMPLES, EXAMPLES
 
 
 def examples(histories, candidates, labels):
@@ -85,6 +87,30 @@ def examples_file(tmp_path):
     return path
 
 
+def write_compact(table, directory, row_group_size):
+    """``table`` in the compact layout: the histories one after another in
+    ``clicks.parquet``, each row's ``history_start`` into them."""
+    history = table.column("history").combine_chunks()
+    pq.write_table(
+        pa.table({"item_index": history.values}, schema=CLICKS), directory / "clicks.parquet"
+    )
+    starts = pa.array(history.offsets.to_numpy()[:-1].astype(np.int64))
+    index = table.column_names.index("history")
+    compact = table.remove_column(index).add_column(index, "history_start", starts)
+    pq.write_table(
+        compact.cast(COMPACT_EXAMPLES), directory / "train.parquet", row_group_size=row_group_size
+    )
+    return directory / "train.parquet"
+
+
+@pytest.fixture
+def compact_file(tmp_path):
+    """``examples_file`` in the compact layout."""
+    directory = tmp_path / "compact"
+    directory.mkdir()
+    return write_compact(numbered_examples(50), directory, row_group_size=16)
+
+
 def row_ids(batch):
     """The example number of each real row of a streamed batch (padding: none)."""
     last = batch["history"][np.arange(len(batch["history"])), batch["history_length"] - 1]
@@ -150,6 +176,20 @@ def test_train_batches_pad_like_load_split(examples_file):
     np.testing.assert_array_equal(batch["history_length"][:50], whole.history_length)
     np.testing.assert_array_equal(batch["candidates"][:50], whole.candidates)
     np.testing.assert_array_equal(batch["labels"][:50], whole.labels)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_train_batches_are_the_same_from_either_layout(examples_file, compact_file, shuffle):
+    assert ExamplesFile(compact_file).layout == "compact"
+    expected = stream(examples_file, seed=5, shuffle=shuffle, shard=(1, 2))
+    received = stream(compact_file, seed=5, shuffle=shuffle, shard=(1, 2))
+    assert len(received) == len(expected) > 0
+    for want, got in zip(expected, received, strict=True):
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    whole = load_split(compact_file.parent, "train", history_length=4, num_candidates=3)
+    assert whole.table.equals(pq.read_table(examples_file))
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch(examples_file):

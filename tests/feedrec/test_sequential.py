@@ -5,7 +5,6 @@ import json
 import keras
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from feedrec.config import Config, ModelConfig, TrainConfig
@@ -33,6 +32,8 @@ from feedrec.sequential import (
     sequences_from_examples,
     train_sequential,
 )
+from pipelines.dataset import load_manifest
+from pipelines.dataset import load_split as load_examples
 
 TINY = ModelConfig(
     history_length=6,
@@ -371,9 +372,24 @@ def test_training_sequences_from_disk(data_dir):
     assert seqs.num_targets == 60 * 6
     every = load_training_sequences(data_dir, 6, windows="all")
     assert every.num_targets == 60 * 7  # every training click but the first
-    expected = sequences_from_examples(pq.read_table(data_dir / "train.parquet"), 6, windows="all")
+    expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all")
     for field in ("items", "lengths", "targets", "users"):
         np.testing.assert_array_equal(getattr(every, field), getattr(expected, field))
+
+
+def test_training_sequences_are_the_same_from_either_layout(data_dir, tmp_path):
+    """The compact layout (each click once + offsets) gives the sequences the lists give."""
+    from pipelines.prepare import PrepareOptions, prepare
+
+    assert load_manifest(data_dir)["layout"] == "compact"
+    options = PrepareOptions(history_length=6, negatives=0, layout="lists")
+    lists = tmp_path / "lists"
+    prepare("sequences", [data_dir.parent / "log.txt"], lists, options=options)
+    for windows in ("last", "all"):
+        expected = load_training_sequences(lists, 6, windows=windows)
+        received = load_training_sequences(data_dir, 6, windows=windows)
+        for field in ("items", "lengths", "targets", "users"):
+            np.testing.assert_array_equal(getattr(received, field), getattr(expected, field))
 
 
 def test_evaluation_picks_the_next_item_protocol_and_beats_the_baselines(run_dir, data_dir):

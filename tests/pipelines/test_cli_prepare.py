@@ -136,6 +136,22 @@ def test_bad_options_exit_2(tmp_path, log, capsys, extra, message):
     assert message in capsys.readouterr().err
 
 
+def test_layout_flag_and_config_key(tmp_path, log, capsys):
+    assert run(parse("--format", "events", log, "--out", tmp_path / "auto")) == 0
+    assert manifest_of(tmp_path / "auto")["layout"] == "compact"
+    assert (tmp_path / "auto" / "clicks.parquet").is_file()
+    config = tmp_path / "c.toml"
+    config.write_text('[prepare]\nlayout = "lists"\n')
+    assert run(parse("--format", "events", log, "--out", tmp_path / "l", "--config", config)) == 0
+    assert manifest_of(tmp_path / "l")["layout"] == "lists"
+    assert not (tmp_path / "l" / "clicks.parquet").exists()
+    argv = ("--format", "events", log, "--out", tmp_path / "s", "--engine", "spark")
+    assert run(parse(*argv, "--layout", "compact")) == 2
+    assert "written by the local engine only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse("--format", "events", log, "--out", tmp_path / "x", "--layout", "flat")
+
+
 def test_missing_input_and_existing_output_exit_2(tmp_path, log, capsys):
     assert run(parse("--format", "events", tmp_path / "none.csv", "--out", tmp_path / "d")) == 2
     assert "input not found" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from pipelines import prepare as prepare_module
 from pipelines.dataset import feature_tables, load_items, load_manifest, load_split
 from pipelines.prepare import PrepareOptions, prepare
 from pipelines.readers.base import BadRowError, ReadResult, Rejections
-from pipelines.schema import EVENTS, EXAMPLES, SPLITS, validate
+from pipelines.schema import CLICKS, COMPACT_EXAMPLES, EVENTS, EXAMPLES, SPLITS, validate
 from pipelines.splits import time_cutoffs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -321,7 +321,15 @@ def test_min_item_interactions_is_refused_for_impression_logs(tmp_path, log_file
 
 
 def read_all(data_dir):
-    return {name: pq.read_table(data_dir / f"{name}.parquet") for name in (*SPLITS, "items")}
+    """The examples as read (``EXAMPLES``, either layout) and the items."""
+    tables = {split: load_split(data_dir, split) for split in SPLITS}
+    tables["items"] = pq.read_table(data_dir / "items.parquet")
+    return tables
+
+
+def read_stored(data_dir):
+    """Every table as stored (the compact layout's offsets and clicks included)."""
+    return {path.name: pq.read_table(path) for path in sorted(data_dir.glob("*.parquet"))}
 
 
 def random_click_log(seed=4, n=400):
@@ -369,12 +377,76 @@ def test_partitioned_run_equals_in_memory_run(tmp_path, log_file, result, option
     assert sum(manifest["splits"][s]["examples"] for s in SPLITS) > 0
 
 
+@pytest.mark.parametrize(
+    "result, options",
+    [
+        (result_of(random_click_log(n=600)), {"history_length": 5}),
+        (result_of(random_click_log()), {"split_mode": "leave-last-out", "history_length": 50}),
+        (result_of(IMPRESSIONS, rows_read=4), {"test_fraction": 0.3}),
+    ],
+    ids=["clicks", "leave-last-out", "impressions"],
+)
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "partitioned"])
+def test_compact_layout_reads_as_the_lists_layout(tmp_path, log_file, result, options, spill):
+    """Each click stored once plus offsets gives, read back, the very same examples."""
+    if spill:
+        options = {**options, "max_rows_in_memory": 7, "num_partitions": 3, "chunk_size": 5}
+    lists_manifest, lists = run(tmp_path, log_file, result, name="lists", layout="lists", **options)
+    manifest, compact = run(tmp_path, log_file, result, name="compact", **options)
+    assert (manifest["layout"], lists_manifest["layout"]) == ("compact", "lists")
+    assert manifest["partitions"] == lists_manifest["partitions"] == (3 if spill else 1)
+    assert not (lists / "clicks.parquet").exists()
+    clicks = pq.read_table(compact / "clicks.parquet")
+    assert clicks.num_rows == int(pc.sum(result.events.column("label")).as_py())
+    for split in SPLITS:
+        assert pq.read_schema(lists / f"{split}.parquet").equals(EXAMPLES)
+        assert pq.read_schema(compact / f"{split}.parquet").equals(COMPACT_EXAMPLES)
+        expected, received = load_split(lists, split), load_split(compact, split)
+        assert received.equals(expected), split
+    assert (
+        sum(pc.sum(load_split(compact, s).column("history_length")).as_py() or 0 for s in SPLITS)
+        > 0
+    )
+    for key in ("splits", "rows_read", "num_items"):
+        assert manifest[key] == lists_manifest[key], key
+
+
+def test_compact_layout_is_refused_where_histories_are_given(tmp_path, log_file):
+    given = result_of(IMPRESSIONS, rows_read=4, given=GIVEN)
+    dates = {"valid_start": 30, "test_start": 40}
+    with pytest.raises(ValueError, match="layout='compact' needs histories built from the log"):
+        run(tmp_path, log_file, given, name="custom", layout="compact", **dates)
+    with pytest.raises(ValueError, match="MIND gives each impression its own history"):
+        run(tmp_path, log_file, given, name="mind", fmt="mind", layout="compact", **dates)
+    manifest, data = run(tmp_path, log_file, given, name="auto", **dates)
+    assert manifest["layout"] == "lists" and not (data / "clicks.parquet").exists()
+    with pytest.raises(ValueError, match="`layout` should be one of"):
+        PrepareOptions(layout="flat")
+    with pytest.raises(ValueError, match="local engine only"):
+        PrepareOptions(layout="compact", engine="spark")
+
+
+def test_compact_examples_need_their_clicks(tmp_path, log_file):
+    _, data = run(tmp_path, log_file, result_of(random_click_log()))
+    clicks = pq.read_table(data / "clicks.parquet")
+    pq.write_table(clicks.slice(0, clicks.num_rows // 2), data / "clicks.parquet")
+    with pytest.raises(ValueError, match=r"train.parquet: `history_start` \+ `history_length`"):
+        load_split(data, "train")
+    assert load_split(data, "train", ["example_key", "candidates"]).num_rows > 0  # no history
+    (data / "clicks.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="clicks.parquet is missing"):
+        load_split(data, "train")
+
+
 def test_rerun_gives_identical_tables(tmp_path, log_file):
     result = result_of(random_click_log())
     first_manifest, first = run(tmp_path, log_file, result, name="one", seed=3)
     second_manifest, second = run(tmp_path, log_file, result, name="two", seed=3)
-    for name, table in read_all(first).items():
-        assert table.equals(read_all(second)[name]), name
+    stored = read_stored(first)
+    assert "clicks.parquet" in stored and "history_start" in stored["train.parquet"].column_names
+    assert stored.keys() == read_stored(second).keys()
+    for name, table in stored.items():
+        assert table.equals(read_stored(second)[name]), name
     volatile = ("elapsed_s", "timings_s")
     assert {k: v for k, v in first_manifest.items() if k not in volatile} == {
         k: v for k, v in second_manifest.items() if k not in volatile
@@ -401,6 +473,7 @@ def test_rows_are_sorted_by_time_then_key_and_keys_unique(tmp_path, log_file):
 def test_files_and_manifest_contract(tmp_path, log_file):
     manifest, data = run(tmp_path, log_file, result_of(CLICK_LOG), valid_start=30, test_start=40)
     assert sorted(p.name for p in data.iterdir()) == [
+        "clicks.parquet",  # a click log: the compact layout by default
         "features",
         "items.parquet",
         "manifest.json",
@@ -434,9 +507,11 @@ def test_files_and_manifest_contract(tmp_path, log_file):
         on_disk["parameters"]["history_length"] == 2 and on_disk["parameters"]["valid_start"] == 30
     )
     assert on_disk["created_by"].startswith("feedrec ")
+    assert on_disk["layout"] == "compact" and on_disk["files"]["clicks"] == "clicks.parquet"
+    assert pq.read_schema(data / "clicks.parquet").equals(CLICKS)
     for split in SPLITS:
         validate(load_split(data, split), EXAMPLES, split)
-        assert pq.read_schema(data / f"{split}.parquet").equals(EXAMPLES)
+        assert pq.read_schema(data / f"{split}.parquet").equals(COMPACT_EXAMPLES)
 
 
 def test_streamable_inputs_are_read_one_file_at_a_time(tmp_path):

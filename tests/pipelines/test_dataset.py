@@ -1,0 +1,91 @@
+"""``pipelines.dataset.ExamplesFile``: either layout, a file or a directory of parts."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.dataset import ExamplesFile
+from pipelines.schema import CLICKS, COMPACT_EXAMPLES, EXAMPLES
+
+
+def examples(n: int, seed: int = 0) -> pa.Table:
+    """``n`` examples with random histories (0 to 6 clicks) and 3 candidates."""
+    rng = np.random.default_rng(seed)
+    histories = [rng.integers(2, 50, rng.integers(0, 7)).tolist() for _ in range(n)]
+    return pa.table(
+        {
+            "example_key": [f"u{i}/0" for i in range(n)],
+            "user_id": [f"u{i}" for i in range(n)],
+            "time": np.arange(n, dtype=np.int64),
+            "impression_id": pa.nulls(n, pa.string()),
+            "session_id": pa.nulls(n, pa.string()),
+            "history": histories,
+            "history_length": [len(h) for h in histories],
+            "candidates": [[2, 3, 4]] * n,
+            "labels": [[1, 0, 0]] * n,
+        }
+    ).cast(EXAMPLES)
+
+
+def write_compact(table: pa.Table, directory, row_group_size: int):
+    """The compact layout written by hand: the histories in reverse row order in
+    ``clicks.parquet`` (any order works: each row points at its own)."""
+    histories = table.column("history").to_pylist()
+    clicks, starts = [], [0] * len(histories)
+    for row in reversed(range(len(histories))):
+        starts[row] = len(clicks)
+        clicks += histories[row]
+    pq.write_table(
+        pa.table({"item_index": pa.array(clicks, pa.int32())}, schema=CLICKS),
+        directory / "clicks.parquet",
+    )
+    index = table.column_names.index("history")
+    compact = table.remove_column(index).add_column(index, "history_start", pa.array(starts))
+    path = directory / "train.parquet"
+    pq.write_table(compact.cast(COMPACT_EXAMPLES), path, row_group_size=row_group_size)
+    return path
+
+
+def test_compact_file_reads_as_its_lists(tmp_path):
+    table = examples(40)
+    path = write_compact(table, tmp_path, row_group_size=16)
+    examples_file = ExamplesFile(path)
+    assert examples_file.layout == "compact" and examples_file.num_row_groups == 3
+    assert examples_file.read().equals(table)
+    assert examples_file.read(["history", "time"]).equals(table.select(["history", "time"]))
+    assert examples_file.read(["candidates"]).column_names == ["candidates"]
+    rows = np.array([0, 3, 17, 39])
+    assert examples_file.take(rows).equals(table.take(pa.array(rows)))
+    streamed = examples_file.iter_tables(5, row_groups=[2, 0], columns=["history"])
+    expected = pa.concat_tables([table.slice(32), table.slice(0, 16)]).select(["history"])
+    assert pa.concat_tables(list(streamed)).equals(expected)
+
+
+def test_a_directory_of_parts_reads_as_one_file(tmp_path):
+    table = examples(30, seed=1)
+    folder = tmp_path / "train.parquet"
+    folder.mkdir()
+    pq.write_table(table.slice(0, 20), folder / "part-00000.parquet", row_group_size=8)
+    pq.write_table(table.slice(20), folder / "part-00001.parquet", row_group_size=8)
+    examples_file = ExamplesFile(folder)
+    assert examples_file.layout == "lists"
+    assert (examples_file.num_rows, examples_file.num_row_groups) == (30, 5)
+    assert examples_file.read().equals(table)
+    assert pa.concat_tables(list(examples_file.iter_tables(100, row_groups=[3]))).equals(
+        table.slice(20, 8)
+    )
+    assert examples_file.take(np.array([1, 25])).equals(table.take(pa.array([1, 25])))
+
+
+def test_bad_files_are_named(tmp_path):
+    wrong = examples(3).drop_columns(["history"])
+    pq.write_table(wrong, tmp_path / "train.parquet")
+    with pytest.raises(ValueError, match=r"train.parquet: missing column `history`"):
+        ExamplesFile(tmp_path / "train.parquet")
+    path = write_compact(examples(3), tmp_path, row_group_size=2)
+    with pytest.raises(ValueError, match="no examples column 'histories'"):
+        ExamplesFile(path).read(["histories"])
+    (tmp_path / "empty.parquet").mkdir()
+    with pytest.raises(FileNotFoundError, match="without Parquet parts"):
+        ExamplesFile(tmp_path / "empty.parquet")
