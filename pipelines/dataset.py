@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,13 @@ def load_split(data_dir: str | Path, split: str, columns: list[str] | None = Non
     if split not in SPLITS:
         raise ValueError(f"`split` should be one of {SPLITS}. Received: split={split!r}")
     return ExamplesFile(_data_dir(data_dir) / f"{split}.parquet").read(columns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_clicks(path: str, mtime_ns: int, size: int) -> pa.Array:
+    """``clicks.parquet``'s item indices (cached by path, modification time and size)."""
+    table = validate(pq.read_table(path), CLICKS, path)
+    return table.column("item_index").combine_chunks()
 
 
 class ExamplesFile:
@@ -142,7 +150,9 @@ class ExamplesFile:
         return table.select(columns)
 
     def clicks(self) -> pa.Array:
-        """The compact layout's clicks (``clicks.parquet``'s ``item_index``)."""
+        """The compact layout's clicks (``clicks.parquet``'s ``item_index``), held in
+        memory (4 bytes a click) and shared by every reader of the same file in the
+        process (parallel training readers, epochs)."""
         if self._clicks is None:
             path = self.path.with_name(CLICKS_FILE)
             if not path.is_file():
@@ -150,8 +160,8 @@ class ExamplesFile:
                     f"{self.path} has the compact layout (`history_start`), but {path} "
                     "is missing; the histories are stored there"
                 )
-            table = validate(pq.read_table(path), CLICKS, str(path))
-            self._clicks = table.column("item_index").combine_chunks()
+            stat = path.stat()
+            self._clicks = _read_clicks(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
         return self._clicks
 
     def read(self, columns: list[str] | None = None) -> pa.Table:

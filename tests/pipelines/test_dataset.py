@@ -89,3 +89,15 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "empty.parquet").mkdir()
     with pytest.raises(FileNotFoundError, match="without Parquet parts"):
         ExamplesFile(tmp_path / "empty.parquet")
+
+
+def test_readers_of_one_file_share_its_clicks_until_it_changes(tmp_path):
+    table = examples(20, seed=2)
+    path = write_compact(table, tmp_path, row_group_size=8)
+    first, second = ExamplesFile(path), ExamplesFile(path)
+    assert first.clicks() is second.clicks()  # parallel readers, epochs: one copy
+    clicks = pq.read_table(tmp_path / "clicks.parquet")
+    longer = pa.concat_tables([clicks, clicks])  # a larger file: a new size and time
+    pq.write_table(longer, tmp_path / "clicks.parquet")
+    changed = ExamplesFile(path).clicks()
+    assert changed is not first.clicks() and len(changed) == 2 * len(first.clicks())
