@@ -147,7 +147,8 @@ class ExamplesFile:
                 )
             history = gather_lists(start, end, clicks)
             table = table.append_column(EXAMPLES.field("history"), history)
-        return table.select(columns)
+        schema = pa.schema([EXAMPLES.field(c) for c in columns])
+        return validate(table.select(columns), schema, str(self.path))  # nulls included
 
     def clicks(self) -> pa.Array:
         """The compact layout's clicks (``clicks.parquet``'s ``item_index``), held in

@@ -101,3 +101,12 @@ def test_readers_of_one_file_share_its_clicks_until_it_changes(tmp_path):
     pq.write_table(longer, tmp_path / "clicks.parquet")
     changed = ExamplesFile(path).clicks()
     assert changed is not first.clicks() and len(changed) == 2 * len(first.clicks())
+
+
+def test_nulls_in_a_required_column_are_named(tmp_path):
+    table = examples(4)
+    nullable = pa.schema([field.with_nullable(True) for field in EXAMPLES])
+    keys = pa.array(["a", None, "c", "d"])
+    pq.write_table(table.cast(nullable).set_column(0, "example_key", keys), tmp_path / "t.parquet")
+    with pytest.raises(ValueError, match=r"`example_key` may not contain nulls; received 1"):
+        ExamplesFile(tmp_path / "t.parquet").read()
