@@ -435,7 +435,6 @@ class GloboLog:
     def load(cls, data_dir: Path, history_length: int) -> GloboLog:
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         from feedrec.sequential import _clicked_items, click_order
         from pipelines.dataset import ExamplesFile
@@ -443,7 +442,7 @@ class GloboLog:
         table = ExamplesFile(data_dir / "train.parquet").read()
         for split in ("valid", "test"):
             path = data_dir / f"{split}.parquet"
-            if path.exists() and pq.read_metadata(path).num_rows:
+            if path.exists() and ExamplesFile(path).num_rows:
                 table = pa.concat_tables([table, ExamplesFile(path).read()])
         table = table.take(pa.array(click_order(table))).combine_chunks()
         items = _clicked_items(table).astype(np.int64)

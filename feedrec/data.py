@@ -175,8 +175,10 @@ TRAIN_COLUMNS = ("history", "candidates", "labels")
 
 
 def split_size(data_dir: str | Path, split: str) -> int:
-    """Number of examples in ``{split}.parquet``, from the Parquet footer (no data read)."""
-    return pq.ParquetFile(split_path(data_dir, split)).metadata.num_rows
+    """Number of examples in ``{split}.parquet``, from the Parquet footer (no data read).
+
+    Opening the split checks its schema (and, compact, that its clicks are there)."""
+    return ExamplesFile(split_path(data_dir, split)).num_rows
 
 
 def candidate_width(data_dir: str | Path, split: str = "train") -> int:

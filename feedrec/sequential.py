@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from feedrec.config import Config, config_from_tables, read_config_file
 from feedrec.data import Batch, load_split, pad_lists, positions_within, split_path
@@ -1089,7 +1088,7 @@ def train_sequential(
 
     validation = None
     valid_path = data_dir / "valid.parquet"
-    if sequential.validate_every and valid_path.exists() and pq.read_metadata(valid_path).num_rows:
+    if sequential.validate_every and valid_path.exists() and ExamplesFile(valid_path).num_rows:
         valid_batch = load_split(data_dir, "valid", length)
         exclude = earlier_items(click_log(data_dir), valid_batch)
         validation = NextItemValidation(

@@ -95,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layout",
         choices=LAYOUTS,
-        help="history lists in every row, or each click once + offsets (default: lists)",
+        help="each click once + offsets, or history lists in every row (default: compact "
+        "where histories come from the clicks, lists for mind and --engine spark)",
     )
     columns = parser.add_argument_group("events format columns")
     for name in ("user", "item", "time", "event", "impression", "session"):

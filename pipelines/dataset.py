@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,13 @@ from pipelines.schema import (
 from pipelines.sequences import gather_lists
 
 CLICKS_FILE = "clicks.parquet"
+#: Key of the compact split files' Parquet metadata: the row count of the
+#: ``clicks.parquet`` written with them (checked when a split is opened).
+CLICKS_ROWS_KEY = b"feedrec.clicks_rows"
+#: Histories are expanded in pieces of at most this many values (an Arrow list
+#: array holds fewer than 2**31).
+_MAX_LIST_VALUES = 1 << 30
+_CLICKS_LOCK = threading.Lock()
 
 MANIFEST = "manifest.json"
 
@@ -64,6 +72,20 @@ def load_split(data_dir: str | Path, split: str, columns: list[str] | None = Non
     if split not in SPLITS:
         raise ValueError(f"`split` should be one of {SPLITS}. Received: split={split!r}")
     return ExamplesFile(_data_dir(data_dir) / f"{split}.parquet").read(columns)
+
+
+def _gather_in_pieces(start: np.ndarray, end: np.ndarray, values: pa.Array) -> pa.ChunkedArray:
+    """``gather_lists`` in pieces of about ``_MAX_LIST_VALUES`` values at most, so that
+    a split of any size can be expanded (one list array holds fewer than 2**31)."""
+    total = np.cumsum(end - start)
+    limits = np.arange(_MAX_LIST_VALUES, total[-1] if len(total) else 0, _MAX_LIST_VALUES)
+    bounds = [0, *np.searchsorted(total, limits, side="right").tolist(), len(start)]
+    pieces = [
+        gather_lists(start[a:b], end[a:b], values)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        if b > a
+    ]
+    return pa.chunked_array(pieces, EXAMPLES.field("history").type)
 
 
 @functools.lru_cache(maxsize=2)
@@ -106,6 +128,25 @@ class ExamplesFile:
             (part, group) for part in self.parts for group in range(part.metadata.num_row_groups)
         ]
         self._clicks: pa.Array | None = None
+        if self.compact:
+            self._check_clicks_file()
+
+    def _check_clicks_file(self) -> None:
+        """The compact layout's ``clicks.parquet`` exists and is the one written with
+        this split (the row count in the split's metadata), from the footers only."""
+        path = self.path.with_name(CLICKS_FILE)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.path} has the compact layout (`history_start`), but {path} "
+                "is missing; the histories are stored there"
+            )
+        written = (self.parts[0].schema_arrow.metadata or {}).get(CLICKS_ROWS_KEY)
+        found = pq.read_metadata(path).num_rows
+        if written is not None and int(written) != found:
+            raise ValueError(
+                f"{path} has {found} clicks, but {self.path} was written with "
+                f"{int(written)}: the clicks file belongs to another run"
+            )
 
     @property
     def layout(self) -> str:
@@ -145,7 +186,7 @@ class ExamplesFile:
                     f"[0, {len(clicks)}] (the clicks of {self.path.with_name(CLICKS_FILE)}); "
                     f"received [{int(start.min())}, {int(end.max())}]"
                 )
-            history = gather_lists(start, end, clicks)
+            history = _gather_in_pieces(start, end, clicks)
             table = table.append_column(EXAMPLES.field("history"), history)
         schema = pa.schema([EXAMPLES.field(c) for c in columns])
         return validate(table.select(columns), schema, str(self.path))  # nulls included
@@ -162,7 +203,8 @@ class ExamplesFile:
                     "is missing; the histories are stored there"
                 )
             stat = path.stat()
-            self._clicks = _read_clicks(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+            with _CLICKS_LOCK:  # concurrent first readers: one of them reads
+                self._clicks = _read_clicks(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
         return self._clicks
 
     def read(self, columns: list[str] | None = None) -> pa.Table:

@@ -98,7 +98,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.dataset import CLICKS_FILE
+from pipelines.dataset import CLICKS_FILE, CLICKS_ROWS_KEY
 from pipelines.io import atomic_directory, check_destination, file_info, write_json
 from pipelines.negatives import (
     SAMPLING_MODES,
@@ -840,6 +840,7 @@ class _Job:
                 part.index_items()
                 if clicks is not None:
                     part.click_offset = clicks.write(part.click_index)
+                    writers.clicks_rows = clicks.rows
                 jobs = [
                     split_pool.submit(
                         _write_split, part, code, index, pool, writers, stats[split], options
@@ -1125,6 +1126,7 @@ class _SplitWriters:
 
     def __init__(self, out: Path, work: Path, *, spilled: bool, schema: pa.Schema = EXAMPLES):
         self.out, self.work, self.spilled, self.schema = out, work, spilled, schema
+        self.clicks_rows: int | None = None  # compact layout: the clicks written so far
         self._writers: dict[tuple[str, int], Any] = {}
         self.batches: dict[str, list[_RunBatch]] = collections.defaultdict(list)
         self._counts: dict[tuple[str, int], int] = collections.Counter()
@@ -1136,9 +1138,16 @@ class _SplitWriters:
             writer = pa.ipc.new_file(path, self.schema)
         else:
             writer = pq.ParquetWriter(
-                self.out / f"{split}.parquet", self.schema, **_PARQUET_OPTIONS
+                self.out / f"{split}.parquet", self.file_schema(), **_PARQUET_OPTIONS
             )
         self._writers[split, partition] = writer
+
+    def file_schema(self) -> pa.Schema:
+        """The schema of the final files; compact ones record their clicks' row count
+        (in memory, the one partition's clicks are written before any split)."""
+        if self.clicks_rows is None:
+            return self.schema
+        return self.schema.with_metadata({CLICKS_ROWS_KEY: str(self.clicks_rows)})
 
     def _run_path(self, split: str, partition: int) -> Path:
         return self.work / "runs" / split / f"run-{partition:05d}.arrow"
@@ -1173,7 +1182,11 @@ class _SplitWriters:
         if self.spilled:
             for split in SPLITS:
                 merge_sorted_runs(
-                    self.batches[split], self.out / f"{split}.parquet", slab_rows, self.schema
+                    self.batches[split],
+                    self.out / f"{split}.parquet",
+                    slab_rows,
+                    self.schema,
+                    self.file_schema(),
                 )
 
 
@@ -1212,7 +1225,11 @@ class _RunBatch:
 
 
 def merge_sorted_runs(
-    batches: list[_RunBatch], path: Path, slab_rows: int, schema: pa.Schema = EXAMPLES
+    batches: list[_RunBatch],
+    path: Path,
+    slab_rows: int,
+    schema: pa.Schema = EXAMPLES,
+    file_schema: pa.Schema | None = None,
 ) -> None:
     """Merge runs of examples, each sorted by (time, example_key), into one sorted Parquet file.
 
@@ -1232,7 +1249,7 @@ def merge_sorted_runs(
     per_slab = max(1, slab_rows // _RUN_ROW_GROUP)
     edges = [None, *sorted_unique(starts[per_slab::per_slab]).tolist(), None]
     pool = pa.default_memory_pool()
-    with pq.ParquetWriter(path, schema, **_PARQUET_OPTIONS) as writer:
+    with pq.ParquetWriter(path, file_schema or schema, **_PARQUET_OPTIONS) as writer:
         for low, high in zip(edges[:-1], edges[1:], strict=True):
             pieces = []
             for entry in batches:

@@ -67,8 +67,9 @@ COMPACT_EXAMPLES = pa.schema(
     ]
 )
 
-#: ``clicks.parquet`` of the compact layout: every click of the log as an item
-#: index, sorted by (user, time); each user's clicks are contiguous.
+#: ``clicks.parquet`` of the compact layout: every click of the log once, as an
+#: item index; each user's clicks are contiguous and in time order (users
+#: partition after partition, in no documented order).
 CLICKS = pa.schema([pa.field("item_index", pa.int32(), nullable=False)])
 
 #: On-disk layouts of the examples: history lists in every row, or compact.

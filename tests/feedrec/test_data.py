@@ -88,15 +88,23 @@ def examples_file(tmp_path):
 
 
 def write_compact(table, directory, row_group_size):
-    """``table`` in the compact layout: the histories one after another in
-    ``clicks.parquet``, each row's ``history_start`` into them."""
+    """``table`` in the compact layout: the histories in ``clicks.parquet`` in reverse
+    row order (so a reader must follow ``history_start``), each row's start into them."""
     history = table.column("history").combine_chunks()
-    pq.write_table(
-        pa.table({"item_index": history.values}, schema=CLICKS), directory / "clicks.parquet"
+    offsets = history.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    reverse = np.arange(len(lengths))[::-1]
+    starts = np.zeros(len(lengths), np.int64)
+    starts[reverse] = np.concatenate([[0], np.cumsum(lengths[reverse])[:-1]])
+    clicks = np.concatenate(
+        [history.values.to_numpy()[offsets[r] : offsets[r + 1]] for r in reverse]
     )
-    starts = pa.array(history.offsets.to_numpy()[:-1].astype(np.int64))
+    pq.write_table(
+        pa.table({"item_index": pa.array(clicks, pa.int32())}, schema=CLICKS),
+        directory / "clicks.parquet",
+    )
     index = table.column_names.index("history")
-    compact = table.remove_column(index).add_column(index, "history_start", starts)
+    compact = table.remove_column(index).add_column(index, "history_start", pa.array(starts))
     pq.write_table(
         compact.cast(COMPACT_EXAMPLES), directory / "train.parquet", row_group_size=row_group_size
     )
@@ -190,6 +198,9 @@ def test_train_batches_are_the_same_from_either_layout(examples_file, compact_fi
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     whole = load_split(compact_file.parent, "train", history_length=4, num_candidates=3)
     assert whole.table.equals(pq.read_table(examples_file))
+    (compact_file.parent / "clicks.parquet").unlink()  # refused up front, not mid-stream
+    with pytest.raises(FileNotFoundError, match="clicks.parquet is missing"):
+        split_size(compact_file.parent, "train")
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch(examples_file):

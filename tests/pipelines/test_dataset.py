@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pipelines.dataset
 from pipelines.dataset import ExamplesFile
 from pipelines.schema import CLICKS, COMPACT_EXAMPLES, EXAMPLES
 
@@ -110,3 +111,24 @@ def test_nulls_in_a_required_column_are_named(tmp_path):
     pq.write_table(table.cast(nullable).set_column(0, "example_key", keys), tmp_path / "t.parquet")
     with pytest.raises(ValueError, match=r"`example_key` may not contain nulls; received 1"):
         ExamplesFile(tmp_path / "t.parquet").read()
+
+
+def test_histories_are_expanded_in_pieces_when_there_are_many(tmp_path, monkeypatch):
+    """A list array holds fewer than 2**31 values: larger splits expand piece by piece."""
+    table = examples(60, seed=3)
+    path = write_compact(table, tmp_path, row_group_size=60)
+    monkeypatch.setattr(pipelines.dataset, "_MAX_LIST_VALUES", 7)
+    read = ExamplesFile(path).read()
+    assert read.column("history").num_chunks > 10
+    assert read.equals(table)
+
+
+def test_histories_out_of_their_clicks_are_named(tmp_path):
+    path = write_compact(examples(10, seed=4), tmp_path, row_group_size=4)
+    clicks = pq.read_table(tmp_path / "clicks.parquet")
+    pq.write_table(clicks.slice(0, 3), tmp_path / "clicks.parquet")  # no row count recorded
+    with pytest.raises(ValueError, match=r"`history_start` \+ `history_length` should lie in"):
+        ExamplesFile(path).read()
+    (tmp_path / "clicks.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="clicks.parquet is missing"):
+        ExamplesFile(path)

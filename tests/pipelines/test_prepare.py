@@ -426,13 +426,24 @@ def test_compact_layout_is_refused_where_histories_are_given(tmp_path, log_file)
         PrepareOptions(layout="compact", engine="spark")
 
 
-def test_compact_examples_need_their_clicks(tmp_path, log_file):
-    _, data = run(tmp_path, log_file, result_of(random_click_log()))
+@pytest.mark.parametrize("spill", [False, True], ids=["in-memory", "partitioned"])
+def test_compact_examples_need_their_own_clicks(tmp_path, log_file, spill):
+    """Each split records how many clicks it was written with; opening it checks them."""
+    options = {"max_rows_in_memory": 50, "num_partitions": 3} if spill else {}
+    manifest, data = run(tmp_path, log_file, result_of(random_click_log()), **options)
+    assert manifest["partitions"] == (3 if spill else 1)
     clicks = pq.read_table(data / "clicks.parquet")
-    pq.write_table(clicks.slice(0, clicks.num_rows // 2), data / "clicks.parquet")
-    with pytest.raises(ValueError, match=r"train.parquet: `history_start` \+ `history_length`"):
-        load_split(data, "train")
-    assert load_split(data, "train", ["example_key", "candidates"]).num_rows > 0  # no history
+    for split in SPLITS:
+        metadata = pq.read_schema(data / f"{split}.parquet").metadata
+        assert metadata[b"feedrec.clicks_rows"] == str(clicks.num_rows).encode()
+    _, other = run(tmp_path, log_file, result_of(random_click_log(seed=9, n=300)), name="other")
+    (data / "clicks.parquet").write_bytes((other / "clicks.parquet").read_bytes())
+    with pytest.raises(
+        ValueError,
+        match=r"clicks.parquet has 300 clicks, but .*train.parquet "
+        r"was written with 400: the clicks file belongs to another run",
+    ):
+        load_split(data, "train", ["example_key"])  # checked on opening, history or not
     (data / "clicks.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="clicks.parquet is missing"):
         load_split(data, "train")
