@@ -183,6 +183,11 @@ def summary(manifest: dict, out: str | Path) -> str:
             f"  {split:<5}: {stats['examples']:>10,} examples, {stats['users']:,} users, "
             f"OOV history {stats['oov']['history']:,}, candidates {stats['oov']['candidates']:,}"
         )
+    layout = manifest.get("layout", "lists")
+    if layout == "compact":
+        lines.append("  layout: compact (each click once in clicks.parquet, rows point into it)")
+    else:
+        lines.append("  layout: lists (each history in its row)")
     if manifest.get("impressions_without_click"):
         lines.append(
             f"  train impressions without a click: {manifest['impressions_without_click']:,}"

@@ -7,9 +7,10 @@ Conventions (the one padding convention of the project):
 * item index ``0`` is padding, ``1`` is out-of-vocabulary (OOV); real items
   start at ``2``. Vocabularies are built from the training split only.
 * ``history`` holds the user's clicks *strictly before* ``time``, oldest
-  first, the most recent ``history_length`` kept, **unpadded** on disk; the
-  input pipeline right-pads with ``0`` to ``L`` and derives the boolean
-  ``history_mask = tf.sequence_mask(history_length, L)``.
+  first, the most recent ``history_length`` kept, **unpadded** on disk (in
+  the row, or, in the compact layout, as ``history_start`` into
+  ``clicks.parquet``); the input pipeline right-pads with ``0`` to ``L`` and
+  derives the boolean ``history_mask = tf.sequence_mask(history_length, L)``.
 * ``candidates``/``labels`` are parallel lists; label ``1`` = clicked,
   ``0`` = shown (or sampled) and not clicked. When batched, candidate lists
   are right-padded with index ``0`` and label ``-1``; losses and metrics

@@ -65,6 +65,7 @@ def test_prepare_succeeds_and_summarises(tmp_path, log, capsys):
     assert f"prepared {out}" in captured.out
     assert "rows: 6 read, 6 used, 0 rejected" in captured.out
     assert "train:          3 examples, 2 users" in captured.out
+    assert "layout: compact (each click once in clicks.parquet" in captured.out
     manifest = manifest_of(out)
     assert manifest["parameters"]["history_length"] == 3
     assert [manifest["splits"][s]["examples"] for s in ("train", "valid", "test")] == [3, 2, 1]
