@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines.dataset import ExamplesFile
 from pipelines.schema import PADDING_INDEX, PADDING_LABEL
@@ -193,9 +192,10 @@ def candidate_width(data_dir: str | Path, split: str = "train") -> int:
         negatives = json.loads(manifest_path.read_text(encoding="utf-8")).get("num_negatives")
         if isinstance(negatives, int) and negatives >= 0:
             return 1 + negatives
-    parquet = pq.ParquetFile(split_path(data_dir, split))
     width = 1
-    for chunk in parquet.iter_batches(columns=["candidates"]):
+    for chunk in ExamplesFile(split_path(data_dir, split)).iter_tables(
+        65_536, columns=["candidates"]
+    ):
         width = max(width, int(_list_lengths(chunk.column(0)).max(initial=0)))
     return width
 

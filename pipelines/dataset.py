@@ -195,13 +195,8 @@ class ExamplesFile:
         """The compact layout's clicks (``clicks.parquet``'s ``item_index``), held in
         memory (4 bytes a click) and shared by every reader of the same file in the
         process (parallel training readers, epochs)."""
-        if self._clicks is None:
+        if self._clicks is None:  # its presence was checked on opening
             path = self.path.with_name(CLICKS_FILE)
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{self.path} has the compact layout (`history_start`), but {path} "
-                    "is missing; the histories are stored there"
-                )
             stat = path.stat()
             with _CLICKS_LOCK:  # concurrent first readers: one of them reads
                 self._clicks = _read_clicks(str(path.resolve()), stat.st_mtime_ns, stat.st_size)

@@ -1,5 +1,7 @@
 """``pipelines.dataset.ExamplesFile``: either layout, a file or a directory of parts."""
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -132,3 +134,20 @@ def test_histories_out_of_their_clicks_are_named(tmp_path):
     (tmp_path / "clicks.parquet").unlink()
     with pytest.raises(FileNotFoundError, match="clicks.parquet is missing"):
         ExamplesFile(path)
+
+
+def test_readers_starting_at_once_share_one_copy_of_the_clicks(tmp_path):
+    path = write_compact(examples(200, seed=5), tmp_path, row_group_size=50)
+    files = [ExamplesFile(path) for _ in range(4)]
+    start, copies = threading.Barrier(len(files)), [None] * len(files)
+
+    def first_read(i):
+        start.wait()
+        copies[i] = files[i].clicks()
+
+    threads = [threading.Thread(target=first_read, args=(i,)) for i in range(len(files))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(c) for c in copies}) == 1
