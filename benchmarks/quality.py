@@ -798,7 +798,15 @@ def merge_reports(reports: list[tuple[str, dict]]) -> dict:
             )
         part = {
             key: report.get(key)
-            for key in ("command", "commit", "uncommitted_code", "seeds", "wall_s", "load_average")
+            for key in (
+                "command",
+                "commit",
+                "uncommitted_code",
+                "seeds",
+                "wall_s",
+                "load_average",
+                "malloc_tuned",
+            )
         }
         if report.get("note"):
             part["note"] = report["note"]
@@ -910,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from feedrec.allocator import tune_malloc
+
+    malloc_tuned = tune_malloc()  # as `feedrec train` does (feedrec.allocator)
     config_path = args.config or CONFIGS / f"{args.dataset}.toml"
     spec = load_spec(config_path)
     name = spec["benchmark"].get("name", args.dataset)
@@ -935,6 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(wall, 1),
         "device": device(),
         "load_average": meter.summary(),
+        "malloc_tuned": malloc_tuned,
         "config": {k: v for k, v in spec.items() if v},
         **outcome,
     }

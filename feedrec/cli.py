@@ -12,7 +12,8 @@ Subcommands (names and flags are a contract; see README "CLI reference")::
 Errors in the user's input print one line (``feedrec: error: ...``) and exit
 with status 2, without a traceback. TensorFlow is imported only by the
 subcommands that need it, after its C++ log noise has been turned down
-(oneDNN stays on).
+(oneDNN stays on). ``train``, ``evaluate`` and ``demo`` keep TensorFlow's large
+buffers in the process (``feedrec.allocator.tune_malloc``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from feedrec import __version__
 
 logger = logging.getLogger("feedrec")
 
+# Commands whose work is TensorFlow's on CPU: glibc's malloc is tuned for them (feedrec.allocator)
+TUNED_COMMANDS = ("train", "evaluate", "demo")
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
 
 
@@ -171,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command != "prepare":
         quiet_tensorflow()
+    if args.command in TUNED_COMMANDS:
+        from feedrec.allocator import tune_malloc
+
+        tune_malloc()
     try:
         return int(COMMANDS[args.command](args) or 0)
     except USER_ERRORS as err:
