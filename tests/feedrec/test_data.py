@@ -15,7 +15,7 @@ from feedrec.data import (
     train_batches,
 )
 from pipelines.dataset import ExamplesFile
-from pipelines.schema import CLICKS, COMPACT_EXAMPLES, EXAMPLES
+from pipelines.schema import EXAMPLES
 
 
 def examples(histories, candidates, labels):
@@ -87,32 +87,8 @@ def examples_file(tmp_path):
     return path
 
 
-def write_compact(table, directory, row_group_size):
-    """``table`` in the compact layout: the histories in ``clicks.parquet`` in reverse
-    row order (so a reader must follow ``history_start``), each row's start into them."""
-    history = table.column("history").combine_chunks()
-    offsets = history.offsets.to_numpy().astype(np.int64)
-    lengths = np.diff(offsets)
-    reverse = np.arange(len(lengths))[::-1]
-    starts = np.zeros(len(lengths), np.int64)
-    starts[reverse] = np.concatenate([[0], np.cumsum(lengths[reverse])[:-1]])
-    clicks = np.concatenate(
-        [history.values.to_numpy()[offsets[r] : offsets[r + 1]] for r in reverse]
-    )
-    pq.write_table(
-        pa.table({"item_index": pa.array(clicks, pa.int32())}, schema=CLICKS),
-        directory / "clicks.parquet",
-    )
-    index = table.column_names.index("history")
-    compact = table.remove_column(index).add_column(index, "history_start", pa.array(starts))
-    pq.write_table(
-        compact.cast(COMPACT_EXAMPLES), directory / "train.parquet", row_group_size=row_group_size
-    )
-    return directory / "train.parquet"
-
-
 @pytest.fixture
-def compact_file(tmp_path):
+def compact_file(tmp_path, write_compact):
     """``examples_file`` in the compact layout."""
     directory = tmp_path / "compact"
     directory.mkdir()

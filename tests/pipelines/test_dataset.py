@@ -9,7 +9,7 @@ import pytest
 
 import pipelines.dataset
 from pipelines.dataset import ExamplesFile
-from pipelines.schema import CLICKS, COMPACT_EXAMPLES, EXAMPLES
+from pipelines.schema import EXAMPLES
 
 
 def examples(n: int, seed: int = 0) -> pa.Table:
@@ -31,26 +31,7 @@ def examples(n: int, seed: int = 0) -> pa.Table:
     ).cast(EXAMPLES)
 
 
-def write_compact(table: pa.Table, directory, row_group_size: int):
-    """The compact layout written by hand: the histories in reverse row order in
-    ``clicks.parquet`` (any order works: each row points at its own)."""
-    histories = table.column("history").to_pylist()
-    clicks, starts = [], [0] * len(histories)
-    for row in reversed(range(len(histories))):
-        starts[row] = len(clicks)
-        clicks += histories[row]
-    pq.write_table(
-        pa.table({"item_index": pa.array(clicks, pa.int32())}, schema=CLICKS),
-        directory / "clicks.parquet",
-    )
-    index = table.column_names.index("history")
-    compact = table.remove_column(index).add_column(index, "history_start", pa.array(starts))
-    path = directory / "train.parquet"
-    pq.write_table(compact.cast(COMPACT_EXAMPLES), path, row_group_size=row_group_size)
-    return path
-
-
-def test_compact_file_reads_as_its_lists(tmp_path):
+def test_compact_file_reads_as_its_lists(tmp_path, write_compact):
     table = examples(40)
     path = write_compact(table, tmp_path, row_group_size=16)
     examples_file = ExamplesFile(path)
@@ -81,7 +62,7 @@ def test_a_directory_of_parts_reads_as_one_file(tmp_path):
     assert examples_file.take(np.array([1, 25])).equals(table.take(pa.array([1, 25])))
 
 
-def test_bad_files_are_named(tmp_path):
+def test_bad_files_are_named(tmp_path, write_compact):
     wrong = examples(3).drop_columns(["history"])
     pq.write_table(wrong, tmp_path / "train.parquet")
     with pytest.raises(ValueError, match=r"train.parquet: missing column `history`"):
@@ -94,7 +75,7 @@ def test_bad_files_are_named(tmp_path):
         ExamplesFile(tmp_path / "empty.parquet")
 
 
-def test_readers_of_one_file_share_its_clicks_until_it_changes(tmp_path):
+def test_readers_of_one_file_share_its_clicks_until_it_changes(tmp_path, write_compact):
     table = examples(20, seed=2)
     path = write_compact(table, tmp_path, row_group_size=8)
     first, second = ExamplesFile(path), ExamplesFile(path)
@@ -115,7 +96,7 @@ def test_nulls_in_a_required_column_are_named(tmp_path):
         ExamplesFile(tmp_path / "t.parquet").read()
 
 
-def test_histories_are_expanded_in_pieces_when_there_are_many(tmp_path, monkeypatch):
+def test_histories_are_expanded_in_pieces_when_there_are_many(tmp_path, write_compact, monkeypatch):
     """A list array holds fewer than 2**31 values: larger splits expand piece by piece."""
     table = examples(60, seed=3)
     path = write_compact(table, tmp_path, row_group_size=60)
@@ -125,7 +106,7 @@ def test_histories_are_expanded_in_pieces_when_there_are_many(tmp_path, monkeypa
     assert read.equals(table)
 
 
-def test_histories_out_of_their_clicks_are_named(tmp_path):
+def test_histories_out_of_their_clicks_are_named(tmp_path, write_compact):
     path = write_compact(examples(10, seed=4), tmp_path, row_group_size=4)
     clicks = pq.read_table(tmp_path / "clicks.parquet")
     pq.write_table(clicks.slice(0, 3), tmp_path / "clicks.parquet")  # no row count recorded
@@ -136,7 +117,7 @@ def test_histories_out_of_their_clicks_are_named(tmp_path):
         ExamplesFile(path)
 
 
-def test_readers_starting_at_once_share_one_copy_of_the_clicks(tmp_path):
+def test_readers_starting_at_once_share_one_copy_of_the_clicks(tmp_path, write_compact):
     path = write_compact(examples(200, seed=5), tmp_path, row_group_size=50)
     files = [ExamplesFile(path) for _ in range(4)]
     start, copies = threading.Barrier(len(files)), [None] * len(files)
