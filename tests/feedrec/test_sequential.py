@@ -214,6 +214,20 @@ def test_dataset_reshuffles_every_epoch_and_accepts_any_width():
     assert len(widths) > 1 and all(w % 4 == 0 for w in widths)
 
 
+def test_dataset_batches_are_the_generators_epoch_for_epoch():
+    rows = [(f"u{i}", 1, 1, list(range(2, 3 + i % 9)), 40 + i) for i in range(30)]
+    seqs = sequences_from_examples(examples(rows), max_length=6, windows="all")
+    dataset = sequence_dataset(seqs, batch_size=4, seed=7, width_multiple=4, first_epoch=3)
+    for epoch in (3, 4):
+        expected = sequence_batches(seqs, 4, np.random.default_rng([7, epoch]), width_multiple=4)
+        got = list(dataset)
+        assert len(got) == count_batches(seqs, 4)
+        for (inputs, targets), (want_inputs, want_targets) in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(inputs["items"].numpy(), want_inputs["items"])
+            np.testing.assert_array_equal(inputs["lengths"].numpy(), want_inputs["lengths"])
+            np.testing.assert_array_equal(targets.numpy(), want_targets)
+
+
 # ---------------------------------------------------------------- the model
 
 
