@@ -17,6 +17,9 @@ threading state do not leak between them):
   LazyAdam);
 * ``feedrec-dense-adam``: the same with ``keras.optimizers.Adam`` (dense update
   of the whole item table every step);
+* ``feedrec-default-malloc``: the defaults with glibc's malloc as it comes
+  (``feedrec train`` and the other feedrec configurations tune it:
+  ``feedrec.allocator.tune_malloc``; ``malloc_tuned`` in the output says which);
 * ``feedrec-other-xla``: the defaults but the other XLA setting (on CPU: XLA on);
 * ``feedrec-large-batch``: the defaults with a larger batch (``--large-batch``);
 * ``input``: the streaming input pipeline alone
@@ -63,6 +66,7 @@ CONFIGS = (
     "keras",
     "feedrec",
     "feedrec-dense-adam",
+    "feedrec-default-malloc",
     "feedrec-other-xla",
     "feedrec-large-batch",
     "input",
@@ -219,6 +223,10 @@ def child_keras(options: dict) -> dict:
 
 
 def child_feedrec(options: dict) -> dict:
+    from feedrec.allocator import tune_malloc
+
+    # as `feedrec train` does; the -default-malloc configuration measures without
+    malloc_tuned = tune_malloc() if options.get("tune_malloc", True) else False
     import keras
     import numpy as np
     import tensorflow as tf
@@ -284,6 +292,7 @@ def child_feedrec(options: dict) -> dict:
         "jit_compile": settings.jit_compile,
         "mixed_precision": settings.mixed_precision,
         "steps_per_execution": per_call,
+        "malloc_tuned": malloc_tuned,
         "walls": walls,
         "cpus": cpus,
     }
@@ -434,6 +443,12 @@ def plan(args) -> list[tuple[str, dict]]:
         "keras": {"kind": "keras", "jit_compile": False},
         "feedrec": {"kind": "feedrec", "jit_compile": "auto", "sparse_updates": True},
         "feedrec-dense-adam": {"kind": "feedrec", "jit_compile": "auto", "sparse_updates": False},
+        "feedrec-default-malloc": {
+            "kind": "feedrec",
+            "jit_compile": "auto",
+            "sparse_updates": True,
+            "tune_malloc": False,
+        },
         "feedrec-other-xla": {
             "kind": "feedrec",
             "jit_compile": not default_xla,

@@ -1,0 +1,119 @@
+"""feedrec.allocator: glibc keeps large blocks in the heap once tuned, and users can opt out."""
+
+import ctypes
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from feedrec import allocator, cli
+
+GLIBC = platform.libc_ver()[0] == "glibc" and hasattr(ctypes.CDLL(None), "mallinfo2")
+needs_glibc = pytest.mark.skipif(not GLIBC, reason="needs glibc >= 2.33 (mallopt, mallinfo2)")
+
+# A fresh interpreter: tune or not, then malloc 20 MiB and print how many new
+# blocks glibc mapped for it (mallinfo2's hblks), and tune_malloc's answer.
+PROBE = textwrap.dedent(
+    """
+    import ctypes, sys
+    from feedrec.allocator import tune_malloc
+
+    fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+    class Info(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Info
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    tuned = tune_malloc() if sys.argv[1] == "tune" else None
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(20 << 20)
+    mapped = libc.mallinfo2().hblks - before
+    libc.free(block)
+    print(tuned, mapped)
+    """
+)
+
+
+def probe(mode: str, **env) -> tuple[str, int]:
+    environ = {k: v for k, v in os.environ.items() if k not in allocator._USER_VARIABLES}
+    environ.pop(allocator.OPT_OUT, None)
+    environ.pop("GLIBC_TUNABLES", None)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, mode],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tuned, mapped = result.stdout.split()
+    return tuned, int(mapped)
+
+
+@needs_glibc
+def test_tuned_malloc_serves_large_blocks_from_the_heap():
+    assert probe("plain") == ("None", 1)  # glibc's default: a 20 MiB block is its own mapping
+    assert probe("tune") == ("True", 0)
+
+
+@needs_glibc
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FEEDREC_TUNE_MALLOC": "0"},
+        {"MALLOC_TOP_PAD_": "131072"},
+        {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"},
+    ],
+)
+def test_the_users_settings_win(env):
+    assert probe("tune", **env) == ("False", 1)
+
+
+@pytest.mark.parametrize(
+    ("env", "reason"),
+    [
+        ({}, None),
+        ({"FEEDREC_TUNE_MALLOC": "1"}, None),
+        ({"FEEDREC_TUNE_MALLOC": "off"}, "FEEDREC_TUNE_MALLOC=off"),
+        ({"MALLOC_ARENA_MAX": "2"}, "MALLOC_ARENA_MAX is set"),
+        ({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX"}, None),
+        ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=1"}, "GLIBC_TUNABLES sets glibc.malloc"),
+        ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}, "LD_PRELOAD loads an allocator"),
+        ({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"}, "LD_PRELOAD loads an allocator"),
+        ({"LD_PRELOAD": "/usr/lib/libfaketime.so"}, None),
+    ],
+)
+def test_user_choice(env, reason):
+    assert allocator.user_choice(env) == reason
+
+
+def test_not_glibc_changes_nothing(monkeypatch):
+    monkeypatch.delenv(allocator.OPT_OUT, raising=False)
+    monkeypatch.setattr(allocator, "user_choice", lambda environ=None: None)
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))
+    monkeypatch.setattr(allocator.ctypes, "CDLL", pytest.fail)  # never reached
+    assert allocator.tune_malloc() is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "tuned"),
+    [
+        (["train", "{missing}", "--out", "{tmp}/run"], True),
+        (["evaluate", "{missing}", "{missing}"], True),
+        (["prepare", "--format", "events", "{missing}", "--out", "{tmp}/data"], False),
+        (["export", "{missing}", "--out", "{tmp}/export"], False),
+    ],
+)
+def test_cli_tunes_malloc_for_tensorflow_work_only(monkeypatch, tmp_path, argv, tuned):
+    calls = []
+    monkeypatch.setattr(allocator, "tune_malloc", lambda: calls.append(True) or True)
+    missing = str(tmp_path / "missing")
+    args = [a.format(missing=missing, tmp=tmp_path) for a in argv]
+    assert cli.main(args) == 2  # the missing input is a user error, after the tuning
+    assert calls == ([True] if tuned else [])
