@@ -13,8 +13,9 @@ every step faults the same memory back in and the kernel zero-fills it: on the
 (glibc's largest mmap threshold on 64-bit) come from the heap, and the heap
 keeps 64 MiB of padding and trims only past 128 MiB free. Measured on that
 VM (``benchmarks/train_throughput.py`` and the ML-1M config, README "Training
-at scale"): system time 6-8 ms per step, the ML-1M step 1.35-1.5x faster and
-the standard configuration's 1.15x, for 30-130 MB more peak RSS.
+at scale"): system time 6-8 ms per step, the ML-1M step 1.35-1.5x faster,
+``feedrec train`` on the demo's data 1.75-1.9x and the standard configuration
+of ``benchmarks/train_throughput.py`` 1.15x, for 30-180 MB more peak RSS.
 
 ``feedrec train``, ``evaluate`` and ``demo`` call it before TensorFlow runs
 (``prepare`` does not: its Arrow buffers come from Arrow's own allocator, and
