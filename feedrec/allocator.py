@@ -66,7 +66,7 @@ def user_choice(environ=None) -> str | None:
     if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return "GLIBC_TUNABLES sets glibc.malloc"
     preload = environ.get("LD_PRELOAD", "")
-    if "malloc" in preload or "jemalloc" in preload:
+    if "malloc" in preload:  # libtcmalloc, libjemalloc, libmimalloc, ...
         return "LD_PRELOAD loads an allocator"
     return None
 
