@@ -17,6 +17,11 @@ at scale"): system time 6-8 ms per step, the ML-1M step 1.35-1.5x faster,
 ``feedrec train`` on the demo's data 1.75-1.9x and the standard configuration
 of ``benchmarks/train_throughput.py`` 1.15x, for 30-180 MB more peak RSS.
 
+TensorFlow changes these settings itself, once per process, when the first
+``tf.data.Dataset.from_generator`` iterator is made, which undid them; so
+:func:`tune_malloc` has TensorFlow do that first (:func:`settle_tensorflow`)
+and sets its own after.
+
 ``feedrec train``, ``evaluate`` and ``demo`` call it before TensorFlow runs
 (``prepare`` does not: its Arrow buffers come from Arrow's own allocator, and
 its RSS is a benchmark target). A script or notebook calls it once at the
@@ -29,6 +34,7 @@ allocator in ``LD_PRELOAD``), or with ``FEEDREC_TUNE_MALLOC=0``.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import os
 import platform
@@ -71,11 +77,34 @@ def user_choice(environ=None) -> str | None:
     return None
 
 
+def settle_tensorflow() -> None:
+    """Let TensorFlow apply its own ``malloc`` setting now, so that ours come after it.
+
+    TensorFlow calls ``mallopt`` itself, once per process, when the first
+    iterator over a ``tf.data.Dataset.from_generator`` is made (its log says
+    "Memory patch applied: M_TRIM_THRESHOLD=128 kb was set"), and that call
+    undoes :data:`SETTINGS`: a 20 MiB block is its own mapping again. One
+    empty generator dataset, iterated here, spends that one call before
+    :func:`tune_malloc` sets its own. Nothing happens where TensorFlow is not
+    installed.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    import tensorflow as tf
+
+    empty = tf.data.Dataset.from_generator(
+        lambda: iter(()), output_signature=tf.TensorSpec((), tf.int32)
+    )
+    for _ in empty:
+        pass
+
+
 def tune_malloc() -> bool:
     """Apply :data:`SETTINGS` with ``mallopt``; True if they were applied.
 
-    Process-wide and not undone; call it once, before the work. See the
-    module's docstring for why and when it does nothing.
+    Process-wide and not undone; call it once, before the work. It imports
+    TensorFlow where installed (:func:`settle_tensorflow`). See the module's
+    docstring for why and when it does nothing.
     """
     reason = user_choice()
     if reason is None and platform.libc_ver()[0] != "glibc":
@@ -83,6 +112,7 @@ def tune_malloc() -> bool:
     if reason is not None:
         logger.debug("malloc settings left as they are: %s", reason)
         return False
+    settle_tensorflow()
     libc = ctypes.CDLL(None)
     for parameter, name, value in SETTINGS:
         if libc.mallopt(parameter, value) != 1:  # mallopt returns 1 on success

@@ -468,10 +468,11 @@ def sequence_dataset(
     (one ``(batches, batch_size)`` array, -1 past a short last batch, through
     ``tf.numpy_function``), and ``tf.data`` gathers and cuts every batch from
     tensors of the sequences (a copy: 8 bytes per position of ``items`` and
-    ``targets``, 9 MB for ML-1M at L=50). A ``Dataset.from_generator``
-    anywhere in the pipeline (even one yielding a whole epoch at once) cost
-    30-40 ms of system time per ML-1M step on 2 cores (README "Training at
-    scale").
+    ``targets``, 9 MB for ML-1M at L=50). (The ``Dataset.from_generator`` it
+    replaced cost 30-40 ms of system time per ML-1M step on 2 cores: the first
+    generator iterator of a process makes TensorFlow reset ``malloc``'s
+    settings, undoing :func:`feedrec.allocator.tune_malloc`, which now has
+    that happen first.)
     """
     import itertools
 

@@ -14,8 +14,9 @@ from feedrec import allocator, cli
 GLIBC = platform.libc_ver()[0] == "glibc" and hasattr(ctypes.CDLL(None), "mallinfo2")
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="needs glibc >= 2.33 (mallopt, mallinfo2)")
 
-# A fresh interpreter: tune or not, then malloc 20 MiB and print how many new
-# blocks glibc mapped for it (mallinfo2's hblks), and tune_malloc's answer.
+# A fresh interpreter: tune or not (and with "generator", iterate a
+# tf.data.Dataset.from_generator after), then malloc 20 MiB and print how many
+# new blocks glibc mapped for it (mallinfo2's hblks), and tune_malloc's answer.
 PROBE = textwrap.dedent(
     """
     import ctypes, sys
@@ -31,7 +32,14 @@ PROBE = textwrap.dedent(
     libc.malloc.restype = ctypes.c_void_p
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    tuned = tune_malloc() if sys.argv[1] == "tune" else None
+    tuned = tune_malloc() if sys.argv[1].startswith("tune") else None
+    if sys.argv[1].endswith("generator"):
+        import tensorflow as tf
+
+        one = tf.data.Dataset.from_generator(
+            lambda: iter([1]), output_signature=tf.TensorSpec((), tf.int32)
+        )
+        assert [int(x) for x in one] == [1]
     before = libc.mallinfo2().hblks
     block = libc.malloc(20 << 20)
     mapped = libc.mallinfo2().hblks - before
@@ -60,6 +68,16 @@ def probe(mode: str, **env) -> tuple[str, int]:
 def test_tuned_malloc_serves_large_blocks_from_the_heap():
     assert probe("plain") == ("None", 1)  # glibc's default: a 20 MiB block is its own mapping
     assert probe("tune") == ("True", 0)
+
+
+@needs_glibc
+def test_the_settings_outlive_tensorflows_generator_datasets():
+    # TensorFlow sets malloc itself when the first from_generator iterator is
+    # made, which put a 20 MiB block back in its own mapping; tune_malloc has
+    # TensorFlow do that first (allocator.settle_tensorflow)
+    pytest.importorskip("tensorflow")
+    assert probe("plain-generator") == ("None", 1)
+    assert probe("tune-generator") == ("True", 0)
 
 
 @needs_glibc
