@@ -15,7 +15,7 @@ keeps 64 MiB of padding and trims only past 128 MiB free. Measured on that
 VM (``benchmarks/train_throughput.py`` and the ML-1M config, README "Training
 at scale"): system time 6-8 ms per step, the ML-1M step 1.35-1.5x faster,
 ``feedrec train`` on the demo's data 1.75-1.9x and the standard configuration
-of ``benchmarks/train_throughput.py`` 1.15x, for 30-180 MB more peak RSS.
+of ``benchmarks/train_throughput.py`` 1.15-1.25x, for 30-180 MB more peak RSS.
 
 TensorFlow changes these settings itself, once per process, when the first
 ``tf.data.Dataset.from_generator`` iterator is made, which undid them; so
