@@ -17,10 +17,10 @@ at scale"): system time 6-8 ms per step, the ML-1M step 1.35-1.5x faster,
 ``feedrec train`` on the demo's data 1.75-1.9x and the standard configuration
 of ``benchmarks/train_throughput.py`` 1.15-1.25x, for 30-180 MB more peak RSS.
 
-TensorFlow changes these settings itself, once per process, when the first
-``tf.data.Dataset.from_generator`` iterator is made, which undid them; so
-:func:`tune_malloc` has TensorFlow do that first (:func:`settle_tensorflow`)
-and sets its own after.
+TensorFlow resets the mmap threshold itself, once per process, when a
+``tf.data.Dataset.from_generator`` pulls its first element, which undid the
+tuning for ``feedrec train`` on examples (its input streams through a
+generator); the generator now sets them again (:func:`reapply`).
 
 ``feedrec train``, ``evaluate`` and ``demo`` call it before TensorFlow runs
 (``prepare`` does not: its Arrow buffers come from Arrow's own allocator, and
@@ -34,7 +34,6 @@ allocator in ``LD_PRELOAD``), or with ``FEEDREC_TUNE_MALLOC=0``.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import logging
 import os
 import platform
@@ -53,6 +52,7 @@ SETTINGS = (
     (M_TRIM_THRESHOLD, "M_TRIM_THRESHOLD", 128 * MIB),
 )
 OPT_OUT = "FEEDREC_TUNE_MALLOC"
+_applied = False  # whether tune_malloc set SETTINGS in this process (for reapply)
 _USER_VARIABLES = (
     "MALLOC_MMAP_THRESHOLD_",
     "MALLOC_TOP_PAD_",
@@ -77,34 +77,37 @@ def user_choice(environ=None) -> str | None:
     return None
 
 
-def settle_tensorflow() -> None:
-    """Let TensorFlow apply its own ``malloc`` setting now, so that ours come after it.
+def reapply() -> bool:
+    """Set :data:`SETTINGS` again if :func:`tune_malloc` set them in this process.
 
-    TensorFlow calls ``mallopt`` itself, once per process, when the first
-    iterator over a ``tf.data.Dataset.from_generator`` is made (its log says
-    "Memory patch applied: M_TRIM_THRESHOLD=128 kb was set"), and that call
-    undoes :data:`SETTINGS`: a 20 MiB block is its own mapping again. One
-    empty generator dataset, iterated here, spends that one call before
-    :func:`tune_malloc` sets its own. Nothing happens where TensorFlow is not
-    installed.
+    TensorFlow calls ``mallopt(M_MMAP_THRESHOLD, 128 KiB)`` itself, once per
+    process, when a ``tf.data.Dataset.from_generator`` pulls its first element
+    (against a memory growth of generator pipelines under Python 3.11; its log
+    line names M_TRIM_THRESHOLD), which puts every block over 128 KiB back in
+    its own mapping. A pipeline that feeds TensorFlow from a generator calls
+    this from inside the generator, after that call:
+    ``feedrec.data.make_train_dataset`` does, once per pass. Cheap, and a no-op
+    (False) where the process was not tuned.
     """
-    if importlib.util.find_spec("tensorflow") is None:
-        return
-    import tensorflow as tf
+    return _applied and _apply()
 
-    empty = tf.data.Dataset.from_generator(
-        lambda: iter(()), output_signature=tf.TensorSpec((), tf.int32)
-    )
-    for _ in empty:
-        pass
+
+def _apply() -> bool:
+    libc = ctypes.CDLL(None)
+    for parameter, name, value in SETTINGS:
+        if libc.mallopt(parameter, value) != 1:  # mallopt returns 1 on success
+            logger.debug("mallopt(%s, %d) was refused", name, value)
+            return False
+    return True
 
 
 def tune_malloc() -> bool:
     """Apply :data:`SETTINGS` with ``mallopt``; True if they were applied.
 
-    Process-wide and not undone; call it once, before the work. It imports
-    TensorFlow where installed (:func:`settle_tensorflow`). See the module's
-    docstring for why and when it does nothing.
+    Process-wide and not undone; call it once, before the work (it does not
+    touch TensorFlow, so distribution strategies and thread settings can still
+    be set after it). See the module's docstring for why and when it does
+    nothing, and :func:`reapply` for pipelines fed from a Python generator.
     """
     reason = user_choice()
     if reason is None and platform.libc_ver()[0] != "glibc":
@@ -112,11 +115,9 @@ def tune_malloc() -> bool:
     if reason is not None:
         logger.debug("malloc settings left as they are: %s", reason)
         return False
-    settle_tensorflow()
-    libc = ctypes.CDLL(None)
-    for parameter, name, value in SETTINGS:
-        if libc.mallopt(parameter, value) != 1:  # mallopt returns 1 on success
-            logger.debug("mallopt(%s, %d) was refused", name, value)
-            return False
+    global _applied
+    if not _apply():
+        return False
+    _applied = True
     logger.debug("malloc settings: %s", ", ".join(f"{n}={v}" for _, n, v in SETTINGS))
     return True

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from feedrec import allocator
 from pipelines.dataset import ExamplesFile
 from pipelines.schema import PADDING_INDEX, PADDING_LABEL
 
@@ -434,6 +435,9 @@ def make_train_dataset(
         stream_options["shuffle_buffer"] = max(1, buffer // parallel_reads)
 
     def generate(shard=0, start=start_batch):
+        # TensorFlow has just reset malloc's mmap threshold for generator
+        # datasets; tune_malloc's settings, if any, apply again (allocator)
+        allocator.reapply()
         for batch in train_batches(
             path,
             history_length=history_length,

@@ -7,16 +7,21 @@ import subprocess
 import sys
 import textwrap
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from feedrec import allocator, cli
+from pipelines.schema import EXAMPLES
 
 GLIBC = platform.libc_ver()[0] == "glibc" and hasattr(ctypes.CDLL(None), "mallinfo2")
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="needs glibc >= 2.33 (mallopt, mallinfo2)")
 
-# A fresh interpreter: tune or not (and with "generator", iterate a
-# tf.data.Dataset.from_generator after), then malloc 20 MiB and print how many
-# new blocks glibc mapped for it (mallinfo2's hblks), and tune_malloc's answer.
+# A fresh interpreter: tune or not, then (with "-generator") pull an element
+# from a tf.data.Dataset.from_generator, or (with "-stream") from feedrec's
+# streaming training input over the examples file argv[2]; then malloc 20 MiB
+# and print how many new blocks glibc mapped for it (mallinfo2's hblks), and
+# tune_malloc's answer.
 PROBE = textwrap.dedent(
     """
     import ctypes, sys
@@ -33,13 +38,20 @@ PROBE = textwrap.dedent(
     libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     tuned = tune_malloc() if sys.argv[1].startswith("tune") else None
-    if sys.argv[1].endswith("generator"):
+    if sys.argv[1].endswith("-generator"):
         import tensorflow as tf
 
         one = tf.data.Dataset.from_generator(
             lambda: iter([1]), output_signature=tf.TensorSpec((), tf.int32)
         )
         assert [int(x) for x in one] == [1]
+    if sys.argv[1].endswith("-stream"):
+        from feedrec.data import make_train_dataset
+
+        stream = make_train_dataset(
+            sys.argv[2], history_length=4, num_candidates=2, batch_size=2
+        )
+        assert len(list(stream)) == 2
     before = libc.mallinfo2().hblks
     block = libc.malloc(20 << 20)
     mapped = libc.mallinfo2().hblks - before
@@ -49,12 +61,12 @@ PROBE = textwrap.dedent(
 )
 
 
-def probe(mode: str, **env) -> tuple[str, int]:
+def probe(mode: str, *args: str, **env) -> tuple[str, int]:
     environ = {k: v for k, v in os.environ.items() if k not in allocator._USER_VARIABLES}
     environ.pop(allocator.OPT_OUT, None)
     environ.pop("GLIBC_TUNABLES", None)
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, mode],
+        [sys.executable, "-c", PROBE, mode, *args],
         env={**environ, **env},
         capture_output=True,
         text=True,
@@ -71,13 +83,37 @@ def test_tuned_malloc_serves_large_blocks_from_the_heap():
 
 
 @needs_glibc
-def test_the_settings_outlive_tensorflows_generator_datasets():
-    # TensorFlow sets malloc itself when the first from_generator iterator is
-    # made, which put a 20 MiB block back in its own mapping; tune_malloc has
-    # TensorFlow do that first (allocator.settle_tensorflow)
+def test_the_streaming_input_keeps_the_settings(tmp_path):
+    # TensorFlow resets the mmap threshold when a from_generator dataset pulls
+    # its first element: a 20 MiB block is its own mapping again...
     pytest.importorskip("tensorflow")
-    assert probe("plain-generator") == ("None", 1)
-    assert probe("tune-generator") == ("True", 0)
+    assert probe("tune-generator") == ("True", 1)
+    # ...so feedrec's streaming input (a generator) sets them again
+    path = tmp_path / "train.parquet"
+    histories = [[2, 3], [4], [], [5, 6, 7]]
+    table = pa.table(
+        {
+            "example_key": [f"k{i}" for i in range(4)],
+            "user_id": ["u"] * 4,
+            "time": list(range(4)),
+            "impression_id": [None] * 4,
+            "session_id": [None] * 4,
+            "history": histories,
+            "history_length": [len(h) for h in histories],
+            "candidates": [[8, 9]] * 4,
+            "labels": [[1, 0]] * 4,
+        },
+        schema=EXAMPLES,
+    )
+    pq.write_table(table, path)
+    assert probe("tune-stream", str(path)) == ("True", 0)
+    assert probe("plain-stream", str(path)) == ("None", 1)
+
+
+def test_reapply_does_nothing_unless_tuned(monkeypatch):
+    monkeypatch.setattr(allocator, "_applied", False)
+    monkeypatch.setattr(allocator.ctypes, "CDLL", pytest.fail)  # never reached
+    assert allocator.reapply() is False
 
 
 @needs_glibc
