@@ -470,9 +470,9 @@ def sequence_dataset(
     tensors of the sequences (a copy: 8 bytes per position of ``items`` and
     ``targets``, 9 MB for ML-1M at L=50). (The ``Dataset.from_generator`` it
     replaced cost 30-40 ms of system time per ML-1M step on 2 cores: the first
-    generator iterator of a process makes TensorFlow reset ``malloc``'s
-    settings, undoing :func:`feedrec.allocator.tune_malloc`, which now has
-    that happen first.)
+    element a generator dataset pulls makes TensorFlow reset ``malloc``'s mmap
+    threshold, undoing :func:`feedrec.allocator.tune_malloc`; see
+    :func:`feedrec.allocator.reapply`.)
     """
     import itertools
 
