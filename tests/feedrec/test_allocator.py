@@ -65,6 +65,7 @@ def probe(mode: str, *args: str, **env) -> tuple[str, int]:
     environ = {k: v for k, v in os.environ.items() if k not in allocator._USER_VARIABLES}
     environ.pop(allocator.OPT_OUT, None)
     environ.pop("GLIBC_TUNABLES", None)
+    environ.pop("LD_PRELOAD", None)  # a preloaded allocator is not glibc's malloc
     result = subprocess.run(
         [sys.executable, "-c", PROBE, mode, *args],
         env={**environ, **env},
