@@ -15,6 +15,7 @@ from typing import Any
 POOLING_MODES = ("attention", "mean", "last", "query")
 LOSSES = ("softmax", "binary")
 FEATURE_COMBINERS = ("sum", "concat")
+FEED_FORWARD_ACTIVATIONS = ("gelu", "relu", "swiglu")
 MIXED_PRECISION = ("auto", "off", "bfloat16")
 DISTRIBUTE = ("none", "mirrored", "multi-worker")
 
@@ -56,6 +57,12 @@ class ModelConfig:
         relative_position_bias: a learned attention bias per head for how
             many clicks apart two clicks are (recency relative to each query
             click), on top of the absolute position embeddings.
+        gated_residual: sigmoid gates, computed from the residual stream, on
+            each block's attention and feed-forward branches (the LiGR layer
+            of eSASRec).
+        feed_forward_activation: the blocks' feed-forward activation, one of
+            ``gelu``, ``relu``, ``swiglu`` (a gated linear unit: two hidden
+            projections of ``feed_forward_dim``, ``silu(x W) * (x V)``).
     """
 
     history_length: int = 50
@@ -70,6 +77,8 @@ class ModelConfig:
     loss: str = "softmax"
     norm_first: bool = False
     relative_position_bias: bool = False
+    gated_residual: bool = False
+    feed_forward_activation: str = "gelu"
 
     def __post_init__(self) -> None:
         _check_positive(self, "history_length", "embedding_dim", "num_heads", "feed_forward_dim")
@@ -87,7 +96,8 @@ class ModelConfig:
         _check_choice(self, "pooling", POOLING_MODES)
         _check_choice(self, "loss", LOSSES)
         _check_choice(self, "feature_combiner", FEATURE_COMBINERS)
-        for name in ("norm_first", "relative_position_bias"):
+        _check_choice(self, "feed_forward_activation", FEED_FORWARD_ACTIVATIONS)
+        for name in ("norm_first", "relative_position_bias", "gated_residual"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"`{name}` should be a bool. Received: {name}={getattr(self, name)!r}"

@@ -8,6 +8,8 @@ from feedrec.layers.arguments import check_bool, check_positive_int, check_rate
 from feedrec.layers.masked_attention import MaskedMultiHeadAttention
 from feedrec.layers.masking import apply_mask
 
+SWIGLU = "swiglu"
+
 
 @keras.saving.register_keras_serializable(package="feedrec")
 class TransformerBlock(keras.layers.Layer):
@@ -20,6 +22,14 @@ class TransformerBlock(keras.layers.Layer):
     LayerNorm(.)))``; the residual stream is not normalised, so a stack of
     pre-norm blocks should end with a LayerNorm (``UserEncoder`` adds it).
     Either way the outputs at padded positions are then set to exactly 0.
+
+    Gated residuals (``gated_residual=True``, the LiGR layer of eSASRec,
+    RecSys 2025): each residual branch is scaled, feature by feature, by a
+    sigmoid gate computed from the residual stream it is added to, ``x -> x +
+    sigmoid(Dense(x)) * Dropout(Branch(.))``, so that a block can learn how
+    much of each branch to let through. ``activation="swiglu"`` makes the
+    feed-forward net a gated linear unit, ``silu(x W) * (x V)`` projected
+    back (two hidden projections instead of one).
 
     Masking: ``mask`` ``(batch, history_len)`` is boolean, ``True`` = a real
     click (``tf.sequence_mask(history_length, L)``). It is used as both query
@@ -36,8 +46,11 @@ class TransformerBlock(keras.layers.Layer):
             branches. Defaults to 0.
         causal: bool. Position ``i`` attends only to clicks ``j <= i`` (for
             training on every position). Defaults to False.
-        activation: str. Feed-forward activation. Defaults to ``"gelu"``.
+        activation: str. Feed-forward activation, a Keras activation name or
+            ``"swiglu"``. Defaults to ``"gelu"``.
         norm_first: bool. Pre-norm instead of post-norm. Defaults to False.
+        gated_residual: bool. Sigmoid gates on both residual branches.
+            Defaults to False.
         layer_norm_epsilon: float. Defaults to ``1e-6``.
         max_relative_distance: int or None. A learned relative position bias
             in the self-attention (see :class:`MaskedMultiHeadAttention`).
@@ -77,6 +90,7 @@ class TransformerBlock(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         norm_first: bool = False,
         max_relative_distance: int | None = None,
+        gated_residual: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -87,6 +101,16 @@ class TransformerBlock(keras.layers.Layer):
         self.max_relative_distance = max_relative_distance
         check_bool("norm_first", norm_first)
         self.norm_first = norm_first
+        check_bool("gated_residual", gated_residual)
+        self.gated_residual = gated_residual
+        if activation != SWIGLU:
+            try:
+                keras.activations.get(activation)
+            except ValueError:
+                raise ValueError(
+                    f"`activation` should be a Keras activation or {SWIGLU!r}. "
+                    f"Received: activation={activation!r}"
+                ) from None
         self.num_heads = num_heads
         self.feed_forward_dim = feed_forward_dim
         self.dropout = dropout
@@ -117,14 +141,26 @@ class TransformerBlock(keras.layers.Layer):
             epsilon=self.layer_norm_epsilon, name="attention_norm", **common
         )
         self._attention_norm.build(inputs_shape)
+        swiglu = self.activation == SWIGLU
         self._hidden = keras.layers.Dense(
             self.feed_forward_dim,
-            activation=self.activation,
+            activation="silu" if swiglu else self.activation,
             kernel_initializer=self.kernel_initializer,
             name="feed_forward_hidden",
             **common,
         )
         self._hidden.build(inputs_shape)
+        self._linear_hidden = None
+        if swiglu:
+            self._linear_hidden = keras.layers.Dense(
+                self.feed_forward_dim,
+                kernel_initializer=self.kernel_initializer,
+                name="feed_forward_linear",
+                **common,
+            )
+            self._linear_hidden.build(inputs_shape)
+        self._attention_gate = self._gate("attention_gate", inputs_shape)
+        self._feed_forward_gate = self._gate("feed_forward_gate", inputs_shape)
         self._projection = keras.layers.Dense(
             dim, kernel_initializer=self.kernel_initializer, name="feed_forward_output", **common
         )
@@ -147,18 +183,46 @@ class TransformerBlock(keras.layers.Layer):
             return_attention_scores=True,
             training=training,
         )
-        x = inputs + self._dropout_layer(attended, training=training)
+        x = self._residual(inputs, attended, self._attention_gate, training)
         if self.norm_first:
-            feed_forward = self._projection(self._hidden(self._feed_forward_norm(x)))
-            x = x + self._dropout_layer(feed_forward, training=training)
+            feed_forward = self._feed_forward(self._feed_forward_norm(x))
+            x = self._residual(x, feed_forward, self._feed_forward_gate, training)
         else:
             x = self._attention_norm(x)
-            feed_forward = self._projection(self._hidden(x))
-            x = self._feed_forward_norm(x + self._dropout_layer(feed_forward, training=training))
+            x = self._feed_forward_norm(
+                self._residual(x, self._feed_forward(x), self._feed_forward_gate, training)
+            )
         x = apply_mask(x, mask)
         if return_attention_scores:
             return x, weights
         return x
+
+    def _gate(self, name, inputs_shape):
+        """A sigmoid gate over the residual stream, or None without ``gated_residual``."""
+        if not self.gated_residual:
+            return None
+        gate = keras.layers.Dense(
+            inputs_shape[-1],
+            activation="sigmoid",
+            kernel_initializer=self.kernel_initializer,
+            name=name,
+            dtype=self.dtype_policy,
+        )
+        gate.build(inputs_shape)
+        return gate
+
+    def _feed_forward(self, x):
+        hidden = self._hidden(x)
+        if self._linear_hidden is not None:
+            hidden = hidden * self._linear_hidden(x)
+        return self._projection(hidden)
+
+    def _residual(self, stream, branch, gate, training):
+        """``stream + branch`` after dropout, the branch gated by ``stream`` if ``gate``."""
+        branch = self._dropout_layer(branch, training=training)
+        if gate is not None:
+            branch = gate(stream) * branch
+        return stream + branch
 
     def compute_mask(self, inputs, mask=None):
         return mask
@@ -176,6 +240,7 @@ class TransformerBlock(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "norm_first": self.norm_first,
                 "max_relative_distance": self.max_relative_distance,
+                "gated_residual": self.gated_residual,
             }
         )
         return config

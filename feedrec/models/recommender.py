@@ -259,6 +259,8 @@ def build_model(
         causal=causal,
         norm_first=model_config.norm_first,
         relative_position_bias=model_config.relative_position_bias,
+        gated_residual=model_config.gated_residual,
+        feed_forward_activation=model_config.feed_forward_activation,
         name="user_encoder",
     )
     model = FeedRecModel(item_encoder, user_encoder, name="feedrec")

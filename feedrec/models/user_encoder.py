@@ -64,6 +64,12 @@ class UserEncoder(keras.layers.Layer):
             :class:`feedrec.layers.MaskedMultiHeadAttention`), so recency
             relative to the query click is explicit, not only learnable from
             the absolute positions. Defaults to False.
+        gated_residual: bool. Sigmoid gates on each block's residual
+            branches (the LiGR layer; see
+            :class:`feedrec.layers.TransformerBlock`). Defaults to False.
+        feed_forward_activation: str. The blocks' feed-forward activation, a
+            Keras activation name or ``"swiglu"`` (a gated linear unit).
+            Defaults to ``"gelu"``.
         **kwargs: base layer arguments (``name``, ``dtype``, ...).
 
     Call arguments:
@@ -101,6 +107,8 @@ class UserEncoder(keras.layers.Layer):
         use_position_embedding: bool = True,
         norm_first: bool = False,
         relative_position_bias: bool = False,
+        gated_residual: bool = False,
+        feed_forward_activation: str = "gelu",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -126,6 +134,8 @@ class UserEncoder(keras.layers.Layer):
         check_bool("relative_position_bias", relative_position_bias)
         self.norm_first = norm_first
         self.relative_position_bias = relative_position_bias
+        self.gated_residual = gated_residual
+        self.feed_forward_activation = feed_forward_activation
         common = {"dtype": self.dtype_policy}
         # Sublayers are created here so that argument errors surface at once.
         self.position_embedding = (
@@ -140,6 +150,8 @@ class UserEncoder(keras.layers.Layer):
                 dropout=dropout,
                 causal=causal,
                 norm_first=norm_first,
+                gated_residual=gated_residual,
+                activation=feed_forward_activation,
                 max_relative_distance=(
                     max(history_length - 1, 1) if relative_position_bias else None
                 ),
@@ -231,6 +243,8 @@ class UserEncoder(keras.layers.Layer):
                 "use_position_embedding": self.use_position_embedding,
                 "norm_first": self.norm_first,
                 "relative_position_bias": self.relative_position_bias,
+                "gated_residual": self.gated_residual,
+                "feed_forward_activation": self.feed_forward_activation,
             }
         )
         return config
