@@ -31,6 +31,8 @@ def test_file_and_overrides(tmp_path, suffix):
         ({"dropout": 1.5}, "dropout=1.5"),
         ({"history_length": 0}, "history_length=0"),
         ({"relative_position_bias": "true"}, "relative_position_bias='true'"),
+        ({"gated_residual": "true"}, "gated_residual='true'"),
+        ({"feed_forward_activation": "tanh"}, "feed_forward_activation='tanh'"),
     ],
 )
 def test_bad_values_are_named(kwargs, match):

@@ -286,16 +286,22 @@ def test_jit_compiled_export_gives_the_same_scores(model, serving, tmp_path):
     np.testing.assert_allclose(expected, model_scores(model, history, candidates), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"gated_residual": True, "feed_forward_activation": "swiglu", "norm_first": True}],
+    ids=["relative", "relative_ligr"],
+)
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
-def test_relative_position_bias_export_gives_the_model_scores(tmp_path, jit_compile):
-    # A causal last-click model with learned relative distances (random here):
-    # the export serves what the in-memory model computes, padding anywhere.
+def test_relative_position_bias_export_gives_the_model_scores(tmp_path, jit_compile, options):
+    # A causal last-click model with learned relative distances (random here),
+    # with or without the LiGR blocks: the export serves what the in-memory
+    # model computes, padding anywhere.
     import dataclasses
 
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(3)
     config = dataclasses.replace(
-        MODEL_CONFIG, pooling="last", relative_position_bias=True, item_features=()
+        MODEL_CONFIG, pooling="last", relative_position_bias=True, item_features=(), **options
     )
     model = build_model(config, len(ITEM_IDS), causal=True)
     tables = [w for w in model.weights if "relative_bias" in w.path]

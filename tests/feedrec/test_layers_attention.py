@@ -197,13 +197,23 @@ def test_causal_mask_hides_later_positions(inputs):
     assert not np.allclose(after[:, 3:], before[:, 3:])
 
 
+LIGR_OPTIONS = [
+    {},
+    {"gated_residual": True},
+    {"activation": "swiglu"},
+    {"gated_residual": True, "activation": "swiglu"},
+]
+LIGR_IDS = ["plain", "gated", "swiglu", "ligr"]
+
+
+@pytest.mark.parametrize("options", LIGR_OPTIONS, ids=LIGR_IDS)
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
 @pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
-def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training, norm_first):
+def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training, norm_first, options):
     mask = lengths_mask(LENGTHS, LENGTH)
     block = TransformerBlock(
-        HEADS, feed_forward_dim=16, dropout=0.0, causal=causal, norm_first=norm_first
+        HEADS, feed_forward_dim=16, dropout=0.0, causal=causal, norm_first=norm_first, **options
     )
     clean = block(inputs, mask=mask, training=training).numpy()
     noisy = block(_garbage(inputs, mask), mask=mask, training=training).numpy()
@@ -212,28 +222,74 @@ def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training, norm
     assert np.any(clean[mask] != 0.0)
 
 
+def _dense(layer, x, activation=None):
+    """A Dense layer written out in numpy from its weights."""
+    kernel, bias = (w.numpy() for w in layer.weights)
+    y = x @ kernel + bias
+    if activation == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-y))
+    if activation == "silu":
+        return y / (1.0 + np.exp(-y))
+    return y
+
+
+@pytest.mark.parametrize("options", LIGR_OPTIONS, ids=LIGR_IDS)
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
-def test_block_matches_its_layers_composed_by_hand(inputs, lengths_mask, norm_first):
-    # The block equals its own sublayers composed by the textbook formulas.
+def test_block_matches_its_layers_composed_by_hand(inputs, lengths_mask, norm_first, options):
+    # The block equals its own sublayers composed by the textbook formulas (the
+    # gates and the gated linear unit written out in numpy).
     mask = lengths_mask(LENGTHS, LENGTH)
-    block = TransformerBlock(HEADS, feed_forward_dim=16, norm_first=norm_first)
+    block = TransformerBlock(HEADS, feed_forward_dim=16, norm_first=norm_first, **options)
     out = block(inputs, mask=mask).numpy()
     attention, norm1, norm2 = block._attention, block._attention_norm, block._feed_forward_norm
+    gated = options.get("gated_residual", False)
 
     def attend(x):
-        return attention(x, x, query_mask=mask, value_mask=mask)
+        return np.asarray(attention(x, x, query_mask=mask, value_mask=mask))
 
     def feed_forward(x):
-        return block._projection(block._hidden(x))
+        x = np.asarray(x)
+        if options.get("activation") == "swiglu":
+            hidden = _dense(block._hidden, x, "silu") * _dense(block._linear_hidden, x)
+        else:
+            hidden = np.asarray(block._hidden(x))
+        return _dense(block._projection, hidden)
+
+    def add(stream, branch, gate):
+        stream = np.asarray(stream)
+        return stream + (_dense(gate, stream, "sigmoid") * branch if gated else branch)
 
     if norm_first:
-        x = inputs + attend(norm1(inputs))
-        x = x + feed_forward(norm2(x))
+        x = add(inputs, attend(norm1(inputs)), block._attention_gate)
+        x = add(x, feed_forward(norm2(x)), block._feed_forward_gate)
     else:
-        x = norm1(inputs + attend(inputs))
-        x = norm2(x + feed_forward(x))
+        x = norm1(add(inputs, attend(inputs), block._attention_gate))
+        x = norm2(add(x, feed_forward(x), block._feed_forward_gate))
     expected = np.where(mask[..., None], np.asarray(x), 0.0)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
+def test_open_gates_give_the_ungated_block(inputs, lengths_mask, norm_first):
+    # Gates held at 1 (zero kernel, large bias) let both branches through whole:
+    # the gated block then computes what the plain block with its other weights does.
+    mask = lengths_mask(LENGTHS, LENGTH)
+    gated = TransformerBlock(HEADS, feed_forward_dim=16, norm_first=norm_first, gated_residual=True)
+    plain = TransformerBlock(HEADS, feed_forward_dim=16, norm_first=norm_first)
+    gated(inputs, mask=mask)
+    plain(inputs, mask=mask)
+    shared = [w for w in gated.weights if "_gate/" not in w.path]
+    for target, source in zip(plain.weights, shared, strict=True):
+        target.assign(source.numpy())
+    before = gated(inputs, mask=mask).numpy()
+    for gate in (gated._attention_gate, gated._feed_forward_gate):
+        kernel, bias = gate.weights
+        kernel.assign(np.zeros(kernel.shape))
+        bias.assign(np.full(bias.shape, 40.0))
+    np.testing.assert_allclose(
+        gated(inputs, mask=mask).numpy(), plain(inputs, mask=mask), atol=1e-5
+    )
+    assert not np.allclose(before, plain(inputs, mask=mask).numpy(), atol=1e-3)
 
 
 def test_block_with_dropout_keeps_padding_exact(inputs, lengths_mask):
@@ -314,11 +370,17 @@ def test_attention_with_relative_bias_round_trip(inputs, lengths_mask, run_layer
 
 
 @pytest.mark.parametrize(
-    ("causal", "norm_first", "relative"),
-    [(False, False, None), (True, False, None), (True, True, None), (True, True, LENGTH - 1)],
+    ("causal", "norm_first", "relative", "options"),
+    [
+        (False, False, None, {}),
+        (True, False, None, {}),
+        (True, True, None, {}),
+        (True, True, LENGTH - 1, {}),
+        (True, True, None, {"gated_residual": True, "activation": "swiglu"}),
+    ],
 )
 def test_block_round_trip(
-    inputs, lengths_mask, run_layer_test, tmp_path, causal, norm_first, relative
+    inputs, lengths_mask, run_layer_test, tmp_path, causal, norm_first, relative, options
 ):
     mask = lengths_mask(LENGTHS, LENGTH)
     block = TransformerBlock(
@@ -329,6 +391,7 @@ def test_block_round_trip(
         norm_first=norm_first,
         max_relative_distance=relative,
         name="block",
+        **options,
     )
     if relative:  # a table of non-zero values must survive saving
         block(inputs, mask=mask)
@@ -361,6 +424,8 @@ def test_attention_argument_checks(kwargs, match):
             {"num_heads": 2, "feed_forward_dim": 4, "max_relative_distance": 1.5},
             "max_relative_distance=1.5",
         ),
+        ({"num_heads": 2, "feed_forward_dim": 4, "gated_residual": 1}, "gated_residual=1"),
+        ({"num_heads": 2, "feed_forward_dim": 4, "activation": "swiglu2"}, "activation='swiglu2'"),
     ],
 )
 def test_block_argument_checks(kwargs, match):

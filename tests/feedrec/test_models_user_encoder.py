@@ -154,6 +154,8 @@ def test_mask_comes_from_lengths_not_values():
         ({"dropout": 2.0}, "dropout=2.0"),
         ({"norm_first": 1}, "norm_first=1"),
         ({"relative_position_bias": "yes"}, "relative_position_bias='yes'"),
+        ({"gated_residual": "yes"}, "gated_residual='yes'"),
+        ({"feed_forward_activation": "swigl"}, "activation='swigl'"),
     ],
 )
 def test_argument_checks(kwargs, match):
@@ -175,6 +177,33 @@ def test_relative_position_bias_round_trip(run_layer_test, tmp_path):
     _randomise_relative_bias(encoder)
     run_layer_test(encoder, (_vectors(), LENGTHS), {}, tmp_path)
     assert encoder.get_config()["relative_position_bias"] is True
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_ligr_blocks_ignore_padded_slots_and_round_trip(
+    lengths_mask, run_layer_test, tmp_path, training
+):
+    encoder = UserEncoder(
+        LENGTH,
+        num_heads=2,
+        num_layers=2,
+        feed_forward_dim=16,
+        pooling="last",
+        causal=True,
+        norm_first=True,
+        gated_residual=True,
+        feed_forward_activation="swiglu",
+        dropout=0.0,
+    )
+    vectors = _vectors()
+    mask = lengths_mask(LENGTHS, LENGTH)
+    clean = encoder(vectors, LENGTHS, training=training).numpy()
+    noisy = encoder(_with_garbage(vectors, mask), LENGTHS, training=training).numpy()
+    np.testing.assert_allclose(noisy, clean, atol=1e-6)
+    assert sum("_gate/" in w.path for w in encoder.weights) == 8  # 2 gates x 2 blocks
+    config = encoder.get_config()
+    assert (config["gated_residual"], config["feed_forward_activation"]) == (True, "swiglu")
+    run_layer_test(encoder, (vectors, LENGTHS), {}, tmp_path)
 
 
 def test_pre_norm_round_trip_keeps_the_output_norm(run_layer_test, tmp_path):
