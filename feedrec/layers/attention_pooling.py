@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from feedrec.layers.arguments import check_positive_int
+from feedrec.layers.initializers import derived_initializer
 from feedrec.layers.masked_pooling import MaskedPooling
 from feedrec.layers.masking import masked_softmax
 
@@ -60,7 +61,7 @@ class AttentionPooling(MaskedPooling):
         self._projection = keras.layers.Dense(
             hidden_dim,
             activation="tanh",
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=derived_initializer(self.kernel_initializer, 0),
             dtype=self.dtype_policy,
             name="projection",
         )
@@ -68,7 +69,7 @@ class AttentionPooling(MaskedPooling):
         self._score = keras.layers.Dense(
             1,
             use_bias=False,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=derived_initializer(self.kernel_initializer, 1),
             dtype=self.dtype_policy,
             name="score",
         )

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from feedrec.layers.arguments import check_positive_int, check_rate
+from feedrec.layers.initializers import derived_initializer
 from feedrec.layers.masking import apply_mask, causal_mask, masked_softmax
 
 
@@ -119,35 +120,33 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
                 )
             head_dim = dim // self.num_heads
         self._head_dim = head_dim
-        common = {
-            "kernel_initializer": self.kernel_initializer,
-            "dtype": self.dtype_policy,
-        }
         bias = "nh" if self.use_bias else None
 
-        def projection(name):
+        def projection(name, index):
             layer = keras.layers.EinsumDense(
                 "btd,dnh->btnh",
                 output_shape=(None, self.num_heads, head_dim),
                 bias_axes=bias,
                 name=name,
-                **common,
+                kernel_initializer=derived_initializer(self.kernel_initializer, index),
+                dtype=self.dtype_policy,
             )
             layer.supports_masking = True  # position-wise: masks pass through
             return layer
 
-        self._query_dense = projection("query")
+        self._query_dense = projection("query", 0)
         self._query_dense.build(query_shape)
-        self._key_dense = projection("key")
+        self._key_dense = projection("key", 1)
         self._key_dense.build(key_shape)
-        self._value_dense = projection("value")
+        self._value_dense = projection("value", 2)
         self._value_dense.build(value_shape)
         self._output_dense = keras.layers.EinsumDense(
             "btnh,nhd->btd",
             output_shape=(None, dim),
             bias_axes="d" if self.use_bias else None,
             name="attention_output",
-            **common,
+            kernel_initializer=derived_initializer(self.kernel_initializer, 3),
+            dtype=self.dtype_policy,
         )
         self._output_dense.build((None, None, self.num_heads, head_dim))
         self._dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)

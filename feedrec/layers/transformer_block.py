@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import keras
 
-from feedrec.layers.arguments import check_bool, check_positive_int, check_rate
+from feedrec.layers.arguments import (
+    check_activation,
+    check_bool,
+    check_positive_int,
+    check_rate,
+)
+from feedrec.layers.initializers import derived_initializer
 from feedrec.layers.masked_attention import MaskedMultiHeadAttention
 from feedrec.layers.masking import apply_mask
 
@@ -103,14 +109,7 @@ class TransformerBlock(keras.layers.Layer):
         self.norm_first = norm_first
         check_bool("gated_residual", gated_residual)
         self.gated_residual = gated_residual
-        if activation != SWIGLU:
-            try:
-                keras.activations.get(activation)
-            except ValueError:
-                raise ValueError(
-                    f"`activation` should be a Keras activation or {SWIGLU!r}. "
-                    f"Received: activation={activation!r}"
-                ) from None
+        check_activation("activation", activation, extra=(SWIGLU,))
         self.num_heads = num_heads
         self.feed_forward_dim = feed_forward_dim
         self.dropout = dropout
@@ -131,7 +130,7 @@ class TransformerBlock(keras.layers.Layer):
         self._attention = MaskedMultiHeadAttention(
             num_heads=self.num_heads,
             dropout=self.dropout,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=derived_initializer(self.kernel_initializer, 0),
             max_relative_distance=self.max_relative_distance,
             name="self_attention",
             **common,
@@ -145,7 +144,7 @@ class TransformerBlock(keras.layers.Layer):
         self._hidden = keras.layers.Dense(
             self.feed_forward_dim,
             activation="silu" if swiglu else self.activation,
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=derived_initializer(self.kernel_initializer, 4),
             name="feed_forward_hidden",
             **common,
         )
@@ -154,15 +153,18 @@ class TransformerBlock(keras.layers.Layer):
         if swiglu:
             self._linear_hidden = keras.layers.Dense(
                 self.feed_forward_dim,
-                kernel_initializer=self.kernel_initializer,
+                kernel_initializer=derived_initializer(self.kernel_initializer, 5),
                 name="feed_forward_linear",
                 **common,
             )
             self._linear_hidden.build(inputs_shape)
-        self._attention_gate = self._gate("attention_gate", inputs_shape)
-        self._feed_forward_gate = self._gate("feed_forward_gate", inputs_shape)
+        self._attention_gate = self._gate("attention_gate", 6, inputs_shape)
+        self._feed_forward_gate = self._gate("feed_forward_gate", 7, inputs_shape)
         self._projection = keras.layers.Dense(
-            dim, kernel_initializer=self.kernel_initializer, name="feed_forward_output", **common
+            dim,
+            kernel_initializer=derived_initializer(self.kernel_initializer, 8),
+            name="feed_forward_output",
+            **common,
         )
         self._projection.build((*inputs_shape[:-1], self.feed_forward_dim))
         self._feed_forward_norm = keras.layers.LayerNormalization(
@@ -197,14 +199,14 @@ class TransformerBlock(keras.layers.Layer):
             return x, weights
         return x
 
-    def _gate(self, name, inputs_shape):
+    def _gate(self, name, index, inputs_shape):
         """A sigmoid gate over the residual stream, or None without ``gated_residual``."""
         if not self.gated_residual:
             return None
         gate = keras.layers.Dense(
             inputs_shape[-1],
             activation="sigmoid",
-            kernel_initializer=self.kernel_initializer,
+            kernel_initializer=derived_initializer(self.kernel_initializer, index),
             name=name,
             dtype=self.dtype_policy,
         )

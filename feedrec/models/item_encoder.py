@@ -9,6 +9,7 @@ import numpy as np
 from keras import ops
 
 from feedrec.layers.arguments import check_positive_int, check_rate
+from feedrec.layers.initializers import derived_initializer
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +127,18 @@ class ItemEncoder(keras.layers.Layer):
         return sorted(self.feature_vocab_sizes)
 
     def build(self, inputs_shape=None) -> None:
-        common = {"embeddings_initializer": self.embeddings_initializer, "dtype": self.dtype_policy}
+        common = {"dtype": self.dtype_policy}
         self.item_embedding = keras.layers.Embedding(
-            self.num_id_items, self.embedding_dim, name="item_embedding", **common
+            self.num_id_items,
+            self.embedding_dim,
+            name="item_embedding",
+            embeddings_initializer=derived_initializer(self.embeddings_initializer, 0),
+            **common,
         )
         self.item_embedding.build(None)
         self.feature_tables = {}
         self.feature_embeddings = {}
-        for name in self.feature_names:
+        for index, name in enumerate(self.feature_names, start=1):
             self.feature_tables[name] = self.add_weight(
                 name=f"{name}_table",
                 shape=(self.num_items,),
@@ -145,6 +150,7 @@ class ItemEncoder(keras.layers.Layer):
                 self.feature_vocab_sizes[name],
                 self.embedding_dim,
                 name=f"{name}_embedding",
+                embeddings_initializer=derived_initializer(self.embeddings_initializer, index),
                 **common,
             )
             embedding.build(None)

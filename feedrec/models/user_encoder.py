@@ -6,14 +6,19 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from feedrec.layers.arguments import check_bool, check_positive_int, check_rate
+from feedrec.layers.arguments import (
+    check_activation,
+    check_bool,
+    check_positive_int,
+    check_rate,
+)
 from feedrec.layers.attention_pooling import AttentionPooling
 from feedrec.layers.last_click_pooling import LastClickPooling
 from feedrec.layers.masking import apply_mask
 from feedrec.layers.mean_pooling import MeanPooling
 from feedrec.layers.position_embedding import PositionEmbedding
 from feedrec.layers.query_pooling import QueryPooling
-from feedrec.layers.transformer_block import TransformerBlock
+from feedrec.layers.transformer_block import SWIGLU, TransformerBlock
 
 #: Pooling mode -> layer class. A new pooling is one layer plus one line here.
 POOLING_LAYERS = {
@@ -134,6 +139,8 @@ class UserEncoder(keras.layers.Layer):
         check_bool("relative_position_bias", relative_position_bias)
         self.norm_first = norm_first
         self.relative_position_bias = relative_position_bias
+        check_bool("gated_residual", gated_residual)
+        check_activation("feed_forward_activation", feed_forward_activation, extra=(SWIGLU,))
         self.gated_residual = gated_residual
         self.feed_forward_activation = feed_forward_activation
         common = {"dtype": self.dtype_policy}

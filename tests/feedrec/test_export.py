@@ -306,6 +306,8 @@ def test_relative_position_bias_export_gives_the_model_scores(tmp_path, jit_comp
     model = build_model(config, len(ITEM_IDS), causal=True)
     tables = [w for w in model.weights if "relative_bias" in w.path]
     assert tables
+    ligr = [w.path for w in model.weights if "_gate/" in w.path or "feed_forward_linear" in w.path]
+    assert bool(ligr) == bool(options)  # build_model passes the LiGR options on
     for table in tables:
         table.assign(np.random.default_rng(0).normal(size=table.shape))
     served = export.load_export(

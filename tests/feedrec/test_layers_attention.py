@@ -328,12 +328,15 @@ def test_block_passes_the_mask_on(inputs, lengths_mask):
     )
 
 
+@pytest.mark.parametrize("options", [{}, LIGR_OPTIONS[-1]], ids=["plain", "ligr"])
 @pytest.mark.parametrize("relative", [None, LENGTH - 1], ids=["absolute", "relative"])
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_block_in_mixed_precision_is_finite_and_masked(inputs, lengths_mask, policy, relative):
+def test_block_in_mixed_precision_is_finite_and_masked(
+    inputs, lengths_mask, policy, relative, options
+):
     mask = lengths_mask(LENGTHS, LENGTH)
     block = TransformerBlock(
-        HEADS, feed_forward_dim=16, max_relative_distance=relative, dtype=policy
+        HEADS, feed_forward_dim=16, max_relative_distance=relative, dtype=policy, **options
     )
     block(inputs, mask=mask)
     if relative:
@@ -426,6 +429,7 @@ def test_attention_argument_checks(kwargs, match):
         ),
         ({"num_heads": 2, "feed_forward_dim": 4, "gated_residual": 1}, "gated_residual=1"),
         ({"num_heads": 2, "feed_forward_dim": 4, "activation": "swiglu2"}, "activation='swiglu2'"),
+        ({"num_heads": 2, "feed_forward_dim": 4, "activation": abs}, "activation=<built-in"),
     ],
 )
 def test_block_argument_checks(kwargs, match):
