@@ -204,8 +204,11 @@ def test_xla_step_matches_the_plain_step():
     compiled, compiled_optimizer = tiny_model()
     run_one_step(plain, plain_optimizer, one_batch(3))
     run_one_step(compiled, compiled_optimizer, one_batch(3), jit_compile=True)
+    # Adam's first step moves each weight by about the learning rate (0.05) in the
+    # direction of its gradient; XLA's fused float32 arithmetic moves a weight whose
+    # gradient is near 0 by up to ~1e-5 more or less (seen once), a wrong step by ~0.05.
     for a, b in zip(plain.get_weights(), compiled.get_weights(), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_run_stops_after_a_non_finite_loss():
