@@ -9,7 +9,7 @@ from keras import ops
 
 from feedrec.layers.arguments import check_positive_int, check_rate
 from feedrec.layers.initializers import derived_initializer
-from feedrec.layers.masking import apply_mask, causal_mask, masked_softmax
+from feedrec.layers.masking import apply_mask, masked_softmax, slot_distance
 
 
 @keras.saving.register_keras_serializable(package="feedrec")
@@ -68,6 +68,12 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         use_causal_mask: bool. AND a causal mask. Defaults to False.
         return_attention_scores: bool. Also return the weights. Defaults to False.
         training: bool. Enables dropout.
+        query_positions: optional int tensor ``(batch, query_len)``: the key
+            slot each query row stands at, when the queries are a subset of
+            the key sequence's positions (e.g. only the last click's). The
+            causal mask and the relative position bias then measure
+            distances from these slots. Defaults to ``None``: query row
+            ``i`` is slot ``i``.
 
     Returns:
         ``(batch, query_len, dim)``, and with ``return_attention_scores=True``
@@ -160,17 +166,15 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
             )
         self.built = True
 
-    def _relative_bias(self, query_len, key_len, dtype):
-        """The ``(1, heads, query_len, key_len)`` bias of each slot pair's distance."""
+    def _relative_bias(self, distance, dtype):
+        """The ``(batch or 1, heads, query_len, key_len)`` bias of ``distance``
+        ``(batch or 1, query_len, key_len)``, query slot minus key slot."""
         limit = self.max_relative_distance
-        distance = ops.expand_dims(ops.arange(query_len), 1) - ops.expand_dims(
-            ops.arange(key_len), 0
-        )
         buckets = ops.clip(distance, -limit, limit) + limit
         bias = ops.take(ops.cast(self.relative_bias, dtype), buckets, axis=1)
-        return ops.expand_dims(bias, 0)
+        return ops.transpose(bias, (1, 0, 2, 3))
 
-    def _combined_mask(self, query, key, query_mask, value_mask, attention_mask, use_causal):
+    def _combined_mask(self, query_mask, value_mask, attention_mask, distance):
         mask = None
         if query_mask is not None:
             mask = ops.expand_dims(ops.cast(query_mask, "bool"), -1)
@@ -180,8 +184,8 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         if attention_mask is not None:
             attention_mask = ops.cast(attention_mask, "bool")
             mask = attention_mask if mask is None else ops.logical_and(mask, attention_mask)
-        if use_causal:
-            causal = ops.expand_dims(causal_mask(ops.shape(query)[1], ops.shape(key)[1]), 0)
+        if distance is not None:  # causal: query slot i sees key slots j <= i
+            causal = ops.greater_equal(distance, 0)
             mask = causal if mask is None else ops.logical_and(mask, causal)
         return mask
 
@@ -196,10 +200,14 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         use_causal_mask: bool = False,
         return_attention_scores: bool = False,
         training=None,
+        query_positions=None,
     ):
         key = value if key is None else key
+        distance = None
+        if use_causal_mask or self.relative_bias is not None:
+            distance = slot_distance(ops.shape(query)[1], ops.shape(key)[1], query_positions)
         mask = self._combined_mask(
-            query, key, query_mask, value_mask, attention_mask, use_causal_mask
+            query_mask, value_mask, attention_mask, distance if use_causal_mask else None
         )
         q = self._query_dense(query)
         k = self._key_dense(key)
@@ -207,8 +215,7 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         scale = ops.cast(1.0 / math.sqrt(self._head_dim), q.dtype)
         scores = ops.einsum("btnh,bsnh->bnts", q * scale, k)
         if self.relative_bias is not None:
-            shape = ops.shape(scores)
-            scores = scores + self._relative_bias(shape[2], shape[3], scores.dtype)
+            scores = scores + self._relative_bias(distance, scores.dtype)
         if mask is not None:
             mask = ops.expand_dims(mask, 1)  # broadcast over heads
         weights = masked_softmax(scores, mask)

@@ -69,6 +69,27 @@ def masked_softmax(scores, mask=None, axis: int = -1):
     return weights * ops.cast(mask, weights.dtype)
 
 
+def slot_distance(query_length, key_length, query_positions=None):
+    """Query slot minus key slot, ``(batch or 1, query_len, key_len)`` int.
+
+    Args:
+        query_length: int or scalar tensor.
+        key_length: int or scalar tensor.
+        query_positions: optional int tensor ``(batch, query_len)``: the key
+            slot each query row stands at. ``None``: query row ``i`` is slot
+            ``i`` (the result then has a batch axis of 1).
+
+    Returns:
+        Int tensor ``(batch or 1, query_len, key_len)``.
+    """
+    keys = ops.arange(key_length)
+    if query_positions is None:
+        slots = ops.expand_dims(ops.arange(query_length), 0)
+    else:
+        slots = ops.cast(query_positions, keys.dtype)
+    return ops.expand_dims(slots, -1) - keys[None, None, :]
+
+
 def causal_mask(query_length, key_length):
     """A ``(query_len, key_len)`` boolean mask: position ``i`` sees ``j <= i``.
 
@@ -79,9 +100,7 @@ def causal_mask(query_length, key_length):
     Returns:
         Boolean tensor ``(query_len, key_len)``.
     """
-    rows = ops.expand_dims(ops.arange(query_length), -1)
-    columns = ops.expand_dims(ops.arange(key_length), 0)
-    return ops.greater_equal(rows, columns)
+    return ops.greater_equal(slot_distance(query_length, key_length)[0], 0)
 
 
 def apply_mask(inputs, mask):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from feedrec.layers.arguments import (
     check_activation,
@@ -70,10 +71,18 @@ class TransformerBlock(keras.layers.Layer):
         training: bool. Enables dropout.
         return_attention_scores: bool. Also return the attention weights.
             Defaults to False.
+        query_positions: optional int tensor ``(batch, num_queries)``: compute
+            the block's output at these slots only (e.g. the last click's,
+            when only it is pooled). Every slot still serves as a key, so
+            each output row equals that slot's row of the full output; the
+            other slots' attention and feed-forward work is skipped.
+            Defaults to ``None``: every slot.
 
     Returns:
-        ``(batch, history_len, dim)``, and with ``return_attention_scores=True``
-        also the weights ``(batch, num_heads, history_len, history_len)``.
+        ``(batch, history_len, dim)`` (``(batch, num_queries, dim)`` with
+        ``query_positions``), and with ``return_attention_scores=True`` also
+        the weights ``(batch, num_heads, history_len or num_queries,
+        history_len)``.
 
     Example:
 
@@ -174,18 +183,34 @@ class TransformerBlock(keras.layers.Layer):
         self._dropout_layer = keras.layers.Dropout(self.dropout, **common)
         self.built = True
 
-    def call(self, inputs, mask=None, training=None, return_attention_scores: bool = False):
+    def call(
+        self,
+        inputs,
+        mask=None,
+        training=None,
+        return_attention_scores: bool = False,
+        query_positions=None,
+    ):
         attention_input = self._attention_norm(inputs) if self.norm_first else inputs
+        stream, query, query_mask = inputs, attention_input, mask
+        if query_positions is not None:
+            stream, query = (
+                ops.take_along_axis(tensor, ops.expand_dims(query_positions, -1), axis=1)
+                for tensor in (inputs, attention_input)
+            )
+            if mask is not None:
+                query_mask = ops.take_along_axis(mask, query_positions, axis=1)
         attended, weights = self._attention(
+            query,
             attention_input,
-            attention_input,
-            query_mask=mask,
+            query_mask=query_mask,
             value_mask=mask,
             use_causal_mask=self.causal,
             return_attention_scores=True,
             training=training,
+            query_positions=query_positions,
         )
-        x = self._residual(inputs, attended, self._attention_gate, training)
+        x = self._residual(stream, attended, self._attention_gate, training)
         if self.norm_first:
             feed_forward = self._feed_forward(self._feed_forward_norm(x))
             x = self._residual(x, feed_forward, self._feed_forward_gate, training)
@@ -194,7 +219,7 @@ class TransformerBlock(keras.layers.Layer):
             x = self._feed_forward_norm(
                 self._residual(x, self._feed_forward(x), self._feed_forward_gate, training)
             )
-        x = apply_mask(x, mask)
+        x = apply_mask(x, query_mask)
         if return_attention_scores:
             return x, weights
         return x

@@ -204,22 +204,46 @@ class UserEncoder(keras.layers.Layer):
             history_len, history_len)`` tensor per block) and ``"mask"``
             ``(batch, history_len)``.
         """
+        return self._encode(history_embeddings, history_length, training)
+
+    def _encode(self, history_embeddings, history_length, training=None, last_only=False):
+        """``encode_sequence``; with ``last_only`` the last block computes only
+        the last click's slot (slot 0 for an empty history), and the result is
+        ``(batch, 1, dim)`` with its mask ``(batch, 1)``."""
         width = ops.shape(history_embeddings)[1]
-        mask = tf.sequence_mask(ops.cast(history_length, "int32"), width)
+        lengths = ops.cast(history_length, "int32")
+        mask = tf.sequence_mask(lengths, width)
         x = history_embeddings
         if self.position_embedding is not None:
             x = x + self.position_embedding(x)
         x = apply_mask(self._dropout_layer(x, training=training), mask)
         attention = []
-        for block in self.blocks:
-            x, weights = block(x, mask=mask, training=training, return_attention_scores=True)
+        for index, block in enumerate(self.blocks):
+            last_block = index == len(self.blocks) - 1
+            positions = None
+            if last_only and last_block:
+                positions = ops.expand_dims(ops.maximum(lengths - 1, 0), -1)
+            x, weights = block(
+                x,
+                mask=mask,
+                training=training,
+                return_attention_scores=True,
+                query_positions=positions,
+            )
             attention.append(weights)
+            if positions is not None:
+                mask = ops.expand_dims(lengths > 0, -1)
         if self.output_norm is not None:
             x = apply_mask(self.output_norm(x), mask)
         return {"sequence": x, "attention": attention, "mask": mask}
 
     def call(self, history_embeddings, history_length, training=None, return_attention=False):
-        encoded = self.encode_sequence(history_embeddings, history_length, training=training)
+        if self.pooling == "last" and self.blocks and not return_attention:
+            # Only the last click's output is pooled, so the last block
+            # computes that slot alone (the same vector: tested).
+            encoded = self._encode(history_embeddings, history_length, training, last_only=True)
+            return encoded["sequence"][:, 0, :]
+        encoded = self._encode(history_embeddings, history_length, training=training)
         x, attention, mask = encoded["sequence"], encoded["attention"], encoded["mask"]
         user_vector, pooling_weights = self.pooling_layer(
             x, mask=mask, training=training, return_weights=True

@@ -222,6 +222,43 @@ def test_block_ignores_padded_slots(inputs, lengths_mask, causal, training, norm
     assert np.any(clean[mask] != 0.0)
 
 
+@pytest.mark.parametrize("options", LIGR_OPTIONS, ids=LIGR_IDS)
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative_bias"])
+def test_block_at_query_positions_gives_those_rows_of_the_full_output(
+    inputs, lengths_mask, causal, norm_first, options, relative
+):
+    # Two queries per row, anywhere (a padded slot included: row 0's slot 5,
+    # row 2's slots): each output row is that slot's row of the full output,
+    # attention weights included, with a relative bias that is not zero.
+    mask = lengths_mask(LENGTHS, LENGTH)
+    block = TransformerBlock(
+        HEADS,
+        feed_forward_dim=16,
+        causal=causal,
+        norm_first=norm_first,
+        max_relative_distance=3 if relative else None,
+        **options,
+    )
+    block(inputs, mask=mask)
+    if relative:
+        table = block._attention.relative_bias
+        table.assign(np.random.default_rng(5).normal(size=table.shape))
+    full, full_weights = block(inputs, mask=mask, return_attention_scores=True)
+    positions = np.array([[3, 5], [0, 4], [0, 2]], dtype="int32")
+    rows, weights = block(
+        inputs, mask=mask, return_attention_scores=True, query_positions=positions
+    )
+    assert rows.shape == (BATCH, 2, DIM)
+    gather = np.take_along_axis
+    np.testing.assert_allclose(rows, gather(full.numpy(), positions[..., None], 1), atol=1e-5)
+    np.testing.assert_allclose(
+        weights, gather(full_weights.numpy(), positions[:, None, :, None], 2), atol=1e-6
+    )
+    assert np.all(rows.numpy()[~gather(mask, positions, 1)] == 0.0)
+
+
 def _dense(layer, x, activation=None):
     """A Dense layer written out in numpy from its weights."""
     kernel, bias = (w.numpy() for w in layer.weights)

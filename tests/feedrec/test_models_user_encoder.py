@@ -92,6 +92,54 @@ def test_relative_position_bias_gives_the_same_vector_at_any_padded_width():
     )
 
 
+@pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"{n}_layers")
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post_norm", "pre_norm"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"relative_position_bias": True},
+        {"gated_residual": True, "feed_forward_activation": "swiglu"},
+    ],
+    ids=["plain", "relative_bias", "ligr"],
+)
+def test_last_pooling_computes_only_the_last_slot_in_the_last_block(
+    monkeypatch, num_layers, causal, norm_first, options
+):
+    # With last-click pooling the last block is asked for the last click's
+    # slot alone (slot 0 for an empty history), and the user vector is the
+    # one the full sequence pools to (return_attention=True runs every slot).
+    encoder = UserEncoder(
+        LENGTH,
+        num_heads=2,
+        num_layers=num_layers,
+        feed_forward_dim=16,
+        pooling="last",
+        causal=causal,
+        norm_first=norm_first,
+        **options,
+    )
+    vectors = _vectors()
+    full = encoder(vectors, LENGTHS, return_attention=True)["user_vector"].numpy()
+    if options.get("relative_position_bias"):
+        _randomise_relative_bias(encoder)
+        full = encoder(vectors, LENGTHS, return_attention=True)["user_vector"].numpy()
+    asked = []
+    block_call = type(encoder.blocks[0]).call
+
+    def spy(block, *args, query_positions=None, **kwargs):
+        asked.append(None if query_positions is None else np.asarray(query_positions).tolist())
+        return block_call(block, *args, query_positions=query_positions, **kwargs)
+
+    monkeypatch.setattr(type(encoder.blocks[0]), "call", spy)
+    fast = encoder(vectors, LENGTHS).numpy()
+    assert asked == [None] * (num_layers - 1) + [[[2], [5], [0], [0]]]
+    np.testing.assert_allclose(fast, full, atol=1e-5)
+    np.testing.assert_array_equal(fast[2], np.zeros(DIM))
+    assert np.all(np.isfinite(fast)) and np.any(fast[0] != 0.0)
+
+
 @pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
 def test_same_history_padded_to_8_or_12_gives_the_same_vector(pooling):
     # Two encoders with L=8 and L=12 whose shared weights (positions 0..7 included) match.
