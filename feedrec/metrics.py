@@ -8,10 +8,14 @@ padding (ignored). Everything is vectorised over impressions.
   same as ``sklearn.metrics.roc_auc_score``).
 * **MRR** is ``sum over clicks of 1/rank / number of clicks`` and **nDCG@k**
   uses gains ``2**label - 1`` and discounts ``log2(rank + 1)``, exactly as the
-  MIND evaluation script. Ranks sort by descending score; tied scores keep the
-  candidate order (as ``np.argsort`` in the MIND script), so scorers with
-  many ties (popularity) should break them with seeded noise, which
-  :func:`break_ties` does.
+  MIND evaluation script. Ranks sort by descending score; candidates with
+  tied scores share their ranks: each gets the mean of the reciprocal ranks
+  (or discounts) of the positions the tie spans, which is the expected value
+  over the random orders of the tie (``sklearn.metrics.ndcg_score`` treats
+  ties the same way). Candidate order never matters, so a click listed
+  first gains nothing from a tie (click-log examples list the clicked item
+  first, and unseen items share the OOV vector). Scorers with many ties
+  (popularity) may still break them with seeded noise (:func:`break_ties`).
 * Impressions without both a click and a non-click are **excluded** from every
   metric (AUC is undefined for them; MIND's own data has none) and counted in
   the result under ``"skipped_impressions"``.
@@ -72,21 +76,39 @@ def per_impression_metrics(
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (pos_rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg)
 
-    # Ranking order: descending score, ties kept in candidate order, padding last.
+    # Ranking order: descending score, padding last; a tie shares its positions.
     order = np.argsort(-masked, axis=1, kind="stable")
     sorted_labels = np.take_along_axis(np.where(real, labels, 0), order, axis=1)
+    sorted_scores = np.take_along_axis(masked, order, axis=1)
     positions = np.arange(1, labels.shape[1] + 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mrr = (sorted_labels / positions).sum(axis=1) / num_pos
+        reciprocal = _tie_mean(sorted_scores, np.broadcast_to(1.0 / positions, order.shape))
+        mrr = (sorted_labels * reciprocal).sum(axis=1) / num_pos
     result = {"auc": auc, "mrr": mrr}
-    gains = (2.0**sorted_labels - 1.0) / np.log2(positions + 1.0)
+    discounts = 1.0 / np.log2(positions + 1.0)
     ideal_labels = -np.sort(-np.where(real, labels, 0), axis=1)
-    ideal_gains = (2.0**ideal_labels - 1.0) / np.log2(positions + 1.0)
+    ideal_gains = (2.0**ideal_labels - 1.0) * discounts
     for k in cutoffs:
+        top = np.broadcast_to(np.where(positions <= k, discounts, 0.0), order.shape)
+        gains = (2.0**sorted_labels - 1.0) * _tie_mean(sorted_scores, top)
         with np.errstate(invalid="ignore", divide="ignore"):
-            result[f"ndcg@{k}"] = gains[:, :k].sum(axis=1) / ideal_gains[:, :k].sum(axis=1)
+            result[f"ndcg@{k}"] = gains.sum(axis=1) / ideal_gains[:, :k].sum(axis=1)
     result["valid"] = valid
     return result
+
+
+def _tie_mean(sorted_scores: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` averaged over each run of equal scores in its row.
+
+    ``sorted_scores`` ``(N, C)`` is sorted within each row, so equal scores
+    are adjacent; the result has ``values``' shape.
+    """
+    starts = np.ones(sorted_scores.shape, dtype=bool)
+    starts[:, 1:] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
+    groups = np.cumsum(starts.ravel()) - 1
+    sums = np.bincount(groups, weights=np.asarray(values, dtype=np.float64).ravel())
+    counts = np.bincount(groups)
+    return (sums / counts)[groups].reshape(sorted_scores.shape)
 
 
 def break_ties(scores: np.ndarray, seed: int = 0, scale: float = 1e-6) -> np.ndarray:

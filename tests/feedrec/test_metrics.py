@@ -58,6 +58,45 @@ def test_auc_with_ties_matches_sklearn():
         assert per["auc"][i] == pytest.approx(roc_auc_score(labels[i, real], scores[i, real]))
 
 
+def test_ties_give_the_expected_value_over_their_orders():
+    # With many ties: nDCG@k equals sklearn's (which averages tied gains), and
+    # MRR and nDCG@k equal the mean over every order of the tied candidates,
+    # so where the click sits in the candidate list changes nothing.
+    import itertools
+
+    scores, labels = random_impressions(11, n=30, max_c=6, ties=True)
+    per = per_impression_metrics(scores, labels, cutoffs=(3, 10))
+    checked = 0
+    for i in range(len(scores)):
+        real = labels[i] >= 0
+        score, label = scores[i, real], labels[i, real]
+        if not 0 < label.sum() < label.size:
+            continue
+        checked += 1
+        assert per["ndcg@3"][i] == pytest.approx(ndcg_score([label], [score], k=3))
+        discounts = 1.0 / np.log2(np.arange(label.size) + 2.0)
+        ideal = -np.sort(-label)
+        runs = []
+        for order in itertools.permutations(range(label.size)):
+            ranked = label[sorted(order, key=lambda j: -score[j])]  # ties in this order
+            mrr = (ranked / np.arange(1, label.size + 1)).sum() / label.sum()
+            ndcg = [(ranked * discounts)[:k].sum() / (ideal * discounts)[:k].sum() for k in (3, 10)]
+            runs.append([mrr, *ndcg])
+        expected = np.mean(runs, axis=0)
+        assert per["mrr"][i] == pytest.approx(expected[0])
+        assert per["ndcg@3"][i] == pytest.approx(expected[1])
+        assert per["ndcg@10"][i] == pytest.approx(expected[2])
+    assert checked >= 10
+
+
+def test_a_click_listed_first_gains_nothing_from_a_tie():
+    tied = impression_metrics(np.array([[0.5, 0.5, 0.5, 0.1]]), np.array([[1, 0, 0, 0]]))
+    assert tied["mrr"] == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert tied["ndcg@5"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(4)) / 3)
+    moved = impression_metrics(np.array([[0.5, 0.5, 0.5, 0.1]]), np.array([[0, 0, 1, 0]]))
+    assert moved == tied
+
+
 def test_padding_is_ignored_whatever_its_score():
     scores, labels = random_impressions(3)
     other = np.where(labels < 0, 1e9, scores)
