@@ -49,6 +49,11 @@ from pipelines.dataset import ExamplesFile
 
 logger = logging.getLogger(__name__)
 
+#: Sampling probabilities are floored here, not at keras-rs's default of 1e-6:
+#: on a large log a tail item's probability is below 1e-6, and clipping it
+#: would under-correct its logits.
+PROBABILITY_FLOOR = 1e-30
+
 OBJECTIVES = ("next_item_causal",)
 SEQUENTIAL_LOSSES = ("full_softmax", "sampled_softmax")
 SCHEDULES = ("constant", "cosine")
@@ -73,7 +78,8 @@ class SequentialConfig:
         warmup_steps: linear warm-up steps. Defaults to 0.
         min_learning_rate: floor of the cosine schedule. Defaults to 0.
         validate_every: epochs between validations (full-catalogue
-            ``validation_metric`` on ``valid.parquet``). 0 = never.
+            ``validation_metric`` on ``valid.parquet``); the last epoch is
+            always validated. 0 = never.
         patience: validations without improvement before stopping (0 = train
             all epochs); the best validated weights are kept either way.
         validation_metric: e.g. ``"ndcg@10"``.
@@ -582,9 +588,11 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
             super().__init__(name="next_item_trainer")
             self.recommender = recommender
             self.next_item_loss = NextItemSoftmaxLoss()
-            self.correction = keras_rs.layers.SamplingProbabilityCorrection()
+            self.correction = keras_rs.layers.SamplingProbabilityCorrection(
+                epsilon=PROBABILITY_FLOOR
+            )
             self.log_probabilities = tf.Variable(
-                np.log(np.maximum(probabilities, 1e-30)), trainable=False, name="log_q"
+                np.log(np.maximum(probabilities, PROBABILITY_FLOOR)), trainable=False, name="log_q"
             )
             self.generator = tf.random.Generator.from_seed(seed)
             self.all_items = tf.range(num_items, dtype=tf.int32)
@@ -679,7 +687,9 @@ def sampled_softmax_logits(
 
     from feedrec.layers.masking import large_negative
 
-    correction = correction or keras_rs.layers.SamplingProbabilityCorrection()
+    correction = correction or keras_rs.layers.SamplingProbabilityCorrection(
+        epsilon=PROBABILITY_FLOOR
+    )
     states = ops.cast(states, "float32")
     positive_logits = ops.sum(
         states * ops.cast(positive_vectors, "float32"), axis=-1, keepdims=True
@@ -785,7 +795,8 @@ def NextItemValidation(  # noqa: N802 - factory that returns a keras Callback
             return record
 
         def on_epoch_end(self, epoch, logs=None):
-            last = self.stopped_for_time or self.model.stop_training
+            final = epoch + 1 >= (self.params or {}).get("epochs", np.inf)
+            last = final or self.stopped_for_time or self.model.stop_training
             if not every or ((epoch + 1) % every and not last):
                 return
             record = self.validate(epoch)
