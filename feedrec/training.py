@@ -466,6 +466,14 @@ def train(
     if train_examples == 0:
         raise ValueError(f"{train_path} has no examples to train on")
     num_candidates = candidate_width(data_dir, "train")
+    if num_candidates < 2:
+        raise ValueError(
+            f"{train_path}: every example has 1 candidate (prepared with 0 negatives), so "
+            "the impression objective has nothing to score the click against and would "
+            "learn nothing. Prepare with --negatives K (K >= 1), or train the next-item "
+            "objective: a [sequential] table in the config (e.g. "
+            "benchmarks/configs/ml-1m.toml)"
+        )
     valid_batch = None
     if (data_dir / "valid.parquet").exists():
         valid_batch = load_split(data_dir, "valid", model_config.history_length)

@@ -77,3 +77,15 @@ def test_failed_training_leaves_no_run_directory(data_dir, tmp_path, monkeypatch
         train(data_dir, out, one_epoch)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run")]
+
+
+def test_examples_without_negatives_are_refused_before_training(tmp_path):
+    # One candidate per row: the impression losses are 0 with zero gradients
+    # (nothing to rank the click against), so training would silently learn
+    # nothing. It is refused, and the message says what to do instead.
+    generate_mind_log(tmp_path / "log", seed=3, scale="small")
+    options = PrepareOptions(history_length=20, negatives=0)
+    prepare("mind", [tmp_path / "log"], tmp_path / "data", options=options)
+    with pytest.raises(ValueError, match=r"1 candidate.*--negatives K.*\[sequential\]"):
+        train(tmp_path / "data", tmp_path / "run", SMALL)
+    assert not (tmp_path / "run").exists()
