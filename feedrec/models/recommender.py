@@ -91,9 +91,15 @@ class FeedRecModel(keras.Model):
             self.user_encoder.build((None, self.history_length, dim), (None,))
         self.built = True
 
+    def _history_vectors(self, history):
+        """The item vectors of a history, without the item encoder's dropout:
+        the user encoder drops its inputs (item + position vectors) itself,
+        and a second dropout would drop ``1 - (1 - p)**2`` of them."""
+        return self.item_encoder(history, training=False)
+
     def _encode_history(self, history, history_length, training=None, return_attention=False):
         history, history_length = truncate_history(history, history_length, self.history_length)
-        vectors = self.item_encoder(history, training=training)
+        vectors = self._history_vectors(history)
         return self.user_encoder(
             vectors, history_length, training=training, return_attention=return_attention
         )
@@ -133,7 +139,7 @@ class FeedRecModel(keras.Model):
             history_length: int ``(batch,)``.
             training: bool. Enables dropout.
         """
-        vectors = self.item_encoder(history, training=training)
+        vectors = self._history_vectors(history)
         encoded = self.user_encoder.encode_sequence(vectors, history_length, training=training)
         return encoded["sequence"]
 
@@ -154,7 +160,7 @@ class FeedRecModel(keras.Model):
         """
         truncated, lengths = truncate_history(history, history_length, self.history_length)
         result = self.user_encoder(
-            self.item_encoder(truncated, training=False),
+            self._history_vectors(truncated),
             lengths,
             training=False,
             return_attention=True,

@@ -53,6 +53,32 @@ def test_logits_are_user_dot_item():
     assert logits.dtype == np.float32 and logits.shape == (3, 3)
 
 
+@pytest.mark.parametrize("sequence", [False, True], ids=["user_vector", "every_position"])
+def test_history_vectors_are_dropped_once_candidates_once(monkeypatch, sequence):
+    # In training, the user encoder drops its inputs (item + position vectors)
+    # itself, so the history reaches it without the item encoder's dropout;
+    # candidates keep the item encoder's.
+    config = dataclasses.replace(CONFIG, dropout=0.5)
+    model = build_model(config, NUM_ITEMS, TABLES)
+    inputs = _inputs()
+    seen = []
+    encode = UserEncoder.encode_sequence if sequence else UserEncoder.call
+
+    def spy(encoder, vectors, *args, **kwargs):
+        seen.append(keras.ops.convert_to_numpy(vectors))
+        return encode(encoder, vectors, *args, **kwargs)
+
+    monkeypatch.setattr(UserEncoder, "encode_sequence" if sequence else "call", spy)
+    if sequence:
+        model.sequence_embedding(inputs["history"], inputs["history_length"], training=True)
+    else:
+        model(inputs, training=True)
+    clean = model.item_embedding(inputs["history"]).numpy()
+    np.testing.assert_array_equal(seen[0], clean)
+    candidates = model.item_encoder(inputs["candidates"], training=True).numpy()
+    assert (candidates == 0).mean() > 0.3  # the item encoder's dropout is on
+
+
 @pytest.mark.parametrize("pooling", ["attention", "mean", "last", "query"])
 @pytest.mark.parametrize("num_layers", [1, 2], ids=lambda n: f"{n}_layers")
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
