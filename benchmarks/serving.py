@@ -26,8 +26,8 @@ CPU time above 1 means the process waited for a core.
 
 The export is made from a model with the default architecture
 (``feedrec.config.ModelConfig()``: L=50, dim 64, 1 block, 2 heads, attention
-pooling, category and subcategory features) and ``--items`` random items,
-or from a trained run with ``--run``. Weights do not change the cost. The
+pooling, category and subcategory features; ``--pooling`` changes the
+pooling) and ``--items`` random items, or from a trained run with ``--run``. Weights do not change the cost. The
 measurement runs in a fresh process (feedrec is not imported there), once per
 client (``--clients``):
 
@@ -49,6 +49,7 @@ Usage::
     python benchmarks/serving.py                     # default export, then XLA export
     python benchmarks/serving.py --variants default --repeats 5 --cpus 0,1
     python benchmarks/serving.py --run runs/mind     # a trained run's export
+    python benchmarks/serving.py --pooling last      # last-click pooling (ml-1m, globo-g1)
     python benchmarks/serving.py --env TF_ENABLE_ONEDNN_OPTS=0   # a server setting
     python benchmarks/serving.py --clients session --intra-op 1 --inter-op 1
 
@@ -229,7 +230,9 @@ for figure, values in results.items():
 """
 
 
-def make_exports(variants: list[str], num_items: int, run: Path | None, out: Path) -> dict:
+def make_exports(
+    variants: list[str], num_items: int, run: Path | None, out: Path, pooling: str = "attention"
+) -> dict:
     """Export the benchmark model once per variant; returns ``{variant: version_dir}``."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -247,7 +250,7 @@ def make_exports(variants: list[str], num_items: int, run: Path | None, out: Pat
         tables = {
             name: rng.integers(0, size, num_items).astype("int32") for name, size in sizes.items()
         }
-        model = build_model(ModelConfig(), num_items, tables, sizes)
+        model = build_model(ModelConfig(pooling=pooling), num_items, tables, sizes)
         item_ids = ["", "<oov>"] + [f"N{index}" for index in range(2, num_items)]
     for variant in variants:
         jit = variant == "xla"
@@ -282,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         "--variants", nargs="+", choices=("default", "xla"), default=["default", "xla"]
     )
     parser.add_argument("--run", type=Path, help="export this trained run instead")
+    parser.add_argument(
+        "--pooling",
+        choices=("attention", "mean", "last", "query"),
+        default="attention",
+        help="the random model's pooling (default: the default architecture's, attention); "
+        "with `last` the last block computes only the last click's slot",
+    )
     parser.add_argument("--items", type=int, default=50_000, help="items of the random model")
     parser.add_argument("--history", type=int, default=50, help="clicks per request history")
     parser.add_argument("--candidates", type=int, default=100)
@@ -338,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     if not lengths:
         print(json.dumps({"figure": "latency_realistic", "skipped": f"no {args.realistic}"}))
     with tempfile.TemporaryDirectory(prefix="feedrec-serving-") as tmp:
-        paths = make_exports(args.variants, args.items, args.run, Path(tmp))
+        if args.run is None:
+            print(json.dumps({"figure": "model", "pooling": args.pooling, "items": args.items}))
+        paths = make_exports(args.variants, args.items, args.run, Path(tmp), args.pooling)
         for (variant, path), client in itertools.product(paths.items(), args.clients):
             child = {
                 "export": str(path),
