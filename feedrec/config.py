@@ -43,7 +43,8 @@ class ModelConfig:
         num_heads: attention heads per block; must divide ``embedding_dim``.
         num_layers: stacked Transformer blocks.
         feed_forward_dim: hidden width of each block's feed-forward network.
-        dropout: dropout rate inside the blocks and on embeddings.
+        dropout: dropout rate inside the blocks, on the history's item +
+            position vectors (once) and on candidate item vectors.
         pooling: how the sequence becomes one user vector, one of
             ``attention`` (additive attention), ``mean``, ``last``, ``query``
             (a learned query token attending over the clicks).
