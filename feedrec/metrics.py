@@ -24,7 +24,6 @@ padding (ignored). Everything is vectorised over impressions.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 DEFAULT_CUTOFFS = (5, 10)
 
@@ -68,21 +67,22 @@ def per_impression_metrics(
     num_neg = (real & ~positive).sum(axis=1)
     valid = (num_pos > 0) & (num_neg > 0)
 
-    # AUC from average ranks; padding gets -inf, i.e. the lowest ranks, which
-    # are then discounted so that real candidates rank 1..n.
+    # Descending score with the real candidates first (a real score of -inf
+    # included), padding last; a run of equal scores shares its positions.
     masked = np.where(real, scores, -np.inf)
-    ranks = rankdata(masked, method="average", axis=1) - (~real).sum(axis=1, keepdims=True)
-    pos_rank_sum = np.where(positive, ranks, 0.0).sum(axis=1)
+    order = np.lexsort((-masked, ~real), axis=1)
+    sorted_real = np.take_along_axis(real, order, axis=1)
+    sorted_scores = np.take_along_axis(masked, order, axis=1)
+    sorted_labels = np.take_along_axis(np.where(real, labels, 0), order, axis=1)
+    runs = _runs(sorted_scores, sorted_real)
+    positions = np.arange(1, labels.shape[1] + 1)
+
+    # AUC from average ascending ranks among the real candidates (1 = lowest).
+    ranks = _tie_mean(runs, num_pos[:, None] + num_neg[:, None] + 1.0 - positions)
+    pos_rank_sum = np.where(sorted_labels == 1, ranks, 0.0).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         auc = (pos_rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg)
-
-    # Ranking order: descending score, padding last; a tie shares its positions.
-    order = np.argsort(-masked, axis=1, kind="stable")
-    sorted_labels = np.take_along_axis(np.where(real, labels, 0), order, axis=1)
-    sorted_scores = np.take_along_axis(masked, order, axis=1)
-    positions = np.arange(1, labels.shape[1] + 1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        reciprocal = _tie_mean(sorted_scores, np.broadcast_to(1.0 / positions, order.shape))
+        reciprocal = _tie_mean(runs, np.broadcast_to(1.0 / positions, order.shape))
         mrr = (sorted_labels * reciprocal).sum(axis=1) / num_pos
     result = {"auc": auc, "mrr": mrr}
     discounts = 1.0 / np.log2(positions + 1.0)
@@ -90,25 +90,28 @@ def per_impression_metrics(
     ideal_gains = (2.0**ideal_labels - 1.0) * discounts
     for k in cutoffs:
         top = np.broadcast_to(np.where(positions <= k, discounts, 0.0), order.shape)
-        gains = (2.0**sorted_labels - 1.0) * _tie_mean(sorted_scores, top)
+        gains = (2.0**sorted_labels - 1.0) * _tie_mean(runs, top)
         with np.errstate(invalid="ignore", divide="ignore"):
             result[f"ndcg@{k}"] = gains.sum(axis=1) / ideal_gains[:, :k].sum(axis=1)
     result["valid"] = valid
     return result
 
 
-def _tie_mean(sorted_scores: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``values`` averaged over each run of equal scores in its row.
-
-    ``sorted_scores`` ``(N, C)`` is sorted within each row, so equal scores
-    are adjacent; the result has ``values``' shape.
-    """
+def _runs(sorted_scores: np.ndarray, sorted_real: np.ndarray) -> np.ndarray:
+    """Run ids ``(N, C)``: adjacent slots of a row with equal scores and equal
+    realness share one (ids are unique across rows)."""
     starts = np.ones(sorted_scores.shape, dtype=bool)
-    starts[:, 1:] = sorted_scores[:, 1:] != sorted_scores[:, :-1]
-    groups = np.cumsum(starts.ravel()) - 1
-    sums = np.bincount(groups, weights=np.asarray(values, dtype=np.float64).ravel())
-    counts = np.bincount(groups)
-    return (sums / counts)[groups].reshape(sorted_scores.shape)
+    starts[:, 1:] = (sorted_scores[:, 1:] != sorted_scores[:, :-1]) | (
+        sorted_real[:, 1:] != sorted_real[:, :-1]
+    )
+    return (np.cumsum(starts.ravel()) - 1).reshape(sorted_scores.shape)
+
+
+def _tie_mean(runs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` averaged over each run of :func:`_runs`, in ``values``' shape."""
+    flat = runs.ravel()
+    sums = np.bincount(flat, weights=np.asarray(values, dtype=np.float64).ravel())
+    return (sums / np.bincount(flat))[flat].reshape(runs.shape)
 
 
 def break_ties(scores: np.ndarray, seed: int = 0, scale: float = 1e-6) -> np.ndarray:

@@ -97,6 +97,23 @@ def test_a_click_listed_first_gains_nothing_from_a_tie():
     assert moved == tied
 
 
+def test_a_real_candidate_at_minus_infinity_ranks_above_the_padding():
+    # Padding is scored -inf inside; a real -inf score (a baseline that rules
+    # an item out) must still rank among the real candidates, however many
+    # padding slots follow it.
+    scores = np.array([[-np.inf, 0.0], [0.0, -np.inf]])
+    labels = np.array([[1, 0], [0, 1]])
+    plain = impression_metrics(scores, labels, cutoffs=(1, 2))
+    assert plain["auc"] == 0.0 and plain["mrr"] == pytest.approx(0.5)
+    for pad in (1, 3):
+        padded = impression_metrics(
+            np.pad(scores, ((0, 0), (0, pad))),
+            np.pad(labels, ((0, 0), (0, pad)), constant_values=-1),
+            cutoffs=(1, 2),
+        )
+        assert padded == plain
+
+
 def test_padding_is_ignored_whatever_its_score():
     scores, labels = random_impressions(3)
     other = np.where(labels < 0, 1e9, scores)
