@@ -27,9 +27,9 @@ CPU time above 1 means the process waited for a core.
 The export is made from a model with the default architecture
 (``feedrec.config.ModelConfig()``: L=50, dim 64, 1 block, 2 heads, attention
 pooling, category and subcategory features; ``--pooling`` changes the
-pooling) and ``--items`` random items, or from a trained run with ``--run``. Weights do not change the cost. The
-measurement runs in a fresh process (feedrec is not imported there), once per
-client (``--clients``):
+pooling) and ``--items`` random items, or from a trained run with ``--run``.
+Weights do not change the cost. The measurement runs in a fresh process
+(feedrec is not imported there), once per client (``--clients``):
 
 * ``eager``: ``tf.saved_model.load`` and the signature's concrete function,
   called from Python with pre-built tensors (a Python service);
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=("attention", "mean", "last", "query"),
         default="attention",
         help="the random model's pooling (default: the default architecture's, attention); "
-        "with `last` the last block computes only the last click's slot",
+        "with `last` (the pooling of the ml-1m and globo-g1 configs, here on the default "
+        "architecture) the last block computes only the last click's slot",
     )
     parser.add_argument("--items", type=int, default=50_000, help="items of the random model")
     parser.add_argument("--history", type=int, default=50, help="clicks per request history")
@@ -337,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         "TF_ENABLE_ONEDNN_OPTS=0 or XLA_FLAGS=...; repeatable",
     )
     args = parser.parse_args(argv)
+    if args.run is not None and args.pooling != "attention":
+        parser.error("--pooling sets the random model's pooling; a --run has its own")
     settings = {}
     for item in args.env:
         name, equals, value = item.partition("=")

@@ -602,7 +602,8 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
 
         def set_sampling_weights(self, weights) -> None:
             """New ``(num_items,)`` weights for ``sampled_softmax`` (e.g. recent clicks)."""
-            self.log_probabilities.assign(np.log(np.maximum(normalised(weights), 1e-30)))
+            probabilities = np.maximum(normalised(weights), PROBABILITY_FLOOR)
+            self.log_probabilities.assign(np.log(probabilities))
 
         def call(self, inputs, training=None):
             return self.recommender.sequence_embedding(

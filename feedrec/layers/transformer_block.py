@@ -75,8 +75,10 @@ class TransformerBlock(keras.layers.Layer):
             the block's output at these slots only (e.g. the last click's,
             when only it is pooled). Every slot still serves as a key, so
             each output row equals that slot's row of the full output; the
-            other slots' attention and feed-forward work is skipped.
-            Defaults to ``None``: every slot.
+            other slots' attention and feed-forward work is skipped. The
+            output's Keras mask (implicit propagation) is then still the
+            input's ``(batch, history_len)``: give the next layer the rows'
+            mask explicitly. Defaults to ``None``: every slot.
 
     Returns:
         ``(batch, history_len, dim)`` (``(batch, num_queries, dim)`` with

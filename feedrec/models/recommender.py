@@ -94,7 +94,9 @@ class FeedRecModel(keras.Model):
     def _history_vectors(self, history):
         """The item vectors of a history, without the item encoder's dropout:
         the user encoder drops its inputs (item + position vectors) itself,
-        and a second dropout would drop ``1 - (1 - p)**2`` of them."""
+        and a second dropout would drop ``1 - (1 - p)**2`` of them. So the
+        history's dropout is the user encoder's (``build_model`` gives both
+        encoders the same rate), the candidates' the item encoder's."""
         return self.item_encoder(history, training=False)
 
     def _encode_history(self, history, history_length, training=None, return_attention=False):

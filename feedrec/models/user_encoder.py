@@ -85,6 +85,10 @@ class UserEncoder(keras.layers.Layer):
         return_attention: bool. Return a dict instead of the user vector.
             Defaults to False.
 
+    With ``pooling="last"`` (and ``return_attention=False``) the last block
+    computes only the last click's slot, the one pooled, so the other slots'
+    attention and feed-forward work is skipped; the vector is the same.
+
     Returns:
         The user vector ``(batch, dim)``; with ``return_attention=True`` a
         dict with ``"user_vector"`` ``(batch, dim)``, ``"attention"`` (a list
@@ -211,7 +215,8 @@ class UserEncoder(keras.layers.Layer):
         the last click's slot (slot 0 for an empty history), and the result is
         ``(batch, 1, dim)`` with its mask ``(batch, 1)``."""
         width = ops.shape(history_embeddings)[1]
-        lengths = ops.cast(history_length, "int32")
+        # sequence_mask saturates a length above the width; so must the last slot
+        lengths = ops.minimum(ops.cast(history_length, "int32"), width)
         mask = tf.sequence_mask(lengths, width)
         x = history_embeddings
         if self.position_embedding is not None:

@@ -140,6 +140,16 @@ def test_last_pooling_computes_only_the_last_slot_in_the_last_block(
     assert np.all(np.isfinite(fast)) and np.any(fast[0] != 0.0)
 
 
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+def test_a_length_above_the_width_counts_as_the_width(pooling):
+    # The mask saturates (every slot real), and the last click is the last slot.
+    encoder = UserEncoder(LENGTH, num_heads=2, num_layers=2, feed_forward_dim=16, pooling=pooling)
+    vectors = _vectors(width=4)
+    over = encoder(vectors, np.array([6, 5, 4, 0], dtype=np.int32)).numpy()
+    exact = encoder(vectors, np.array([4, 4, 4, 0], dtype=np.int32)).numpy()
+    np.testing.assert_allclose(over, exact, atol=1e-6)
+
+
 @pytest.mark.parametrize("pooling", list(POOLING_LAYERS))
 def test_same_history_padded_to_8_or_12_gives_the_same_vector(pooling):
     # Two encoders with L=8 and L=12 whose shared weights (positions 0..7 included) match.
