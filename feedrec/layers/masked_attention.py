@@ -174,7 +174,7 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         bias = ops.take(ops.cast(self.relative_bias, dtype), buckets, axis=1)
         return ops.transpose(bias, (1, 0, 2, 3))
 
-    def _combined_mask(self, query_mask, value_mask, attention_mask, distance):
+    def _combined_mask(self, query_mask, value_mask, attention_mask, causal):
         mask = None
         if query_mask is not None:
             mask = ops.expand_dims(ops.cast(query_mask, "bool"), -1)
@@ -184,8 +184,7 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         if attention_mask is not None:
             attention_mask = ops.cast(attention_mask, "bool")
             mask = attention_mask if mask is None else ops.logical_and(mask, attention_mask)
-        if distance is not None:  # causal: query slot i sees key slots j <= i
-            causal = ops.greater_equal(distance, 0)
+        if causal is not None:
             mask = causal if mask is None else ops.logical_and(mask, causal)
         return mask
 
@@ -206,9 +205,9 @@ class MaskedMultiHeadAttention(keras.layers.Layer):
         distance = None
         if use_causal_mask or self.relative_bias is not None:
             distance = slot_distance(ops.shape(query)[1], ops.shape(key)[1], query_positions)
-        mask = self._combined_mask(
-            query_mask, value_mask, attention_mask, distance if use_causal_mask else None
-        )
+        # causal: query slot i sees key slots j <= i
+        causal = ops.greater_equal(distance, 0) if use_causal_mask else None
+        mask = self._combined_mask(query_mask, value_mask, attention_mask, causal)
         q = self._query_dense(query)
         k = self._key_dense(key)
         v = self._value_dense(value)
