@@ -98,6 +98,17 @@ class SequentialConfig:
             (each click is a target exactly once; a window's first input is
             the previous window's last target); users longer than ``L``
             contribute every click instead of their last ``L``.
+        window_stride: with ``windows="all"``, how far apart the windows'
+            ends are. 0 (the default) = ``L``: windows do not overlap, so the
+            first targets of a window see only the few clicks before them in
+            it, where serving sees the last ``L``. A stride ``S < L`` cuts a
+            window every ``S`` clicks from the end, each training only its
+            newest ``S`` targets (a user's oldest window trains all of its
+            own): every click is still a target exactly once, and every
+            target after a user's first ``L`` clicks sees at least ``L - S``
+            clicks before it. About ``L / S`` times the windows; the softmax
+            is computed at the targets only, so an epoch costs less than
+            that.
         validation_sampled_negatives: also record, at each validation, the
             metrics against this many uniform negatives (the SASRec protocol,
             ``sampled_uniform_K``), for learning curves; 0 = not. Model
@@ -119,6 +130,7 @@ class SequentialConfig:
     item_embedding_stddev: float | None = None
     validation_sampled_negatives: int = 0
     windows: str = "last"
+    window_stride: int = 0
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -133,8 +145,19 @@ class SequentialConfig:
                 raise ValueError(f"`{name}` should be one of {choices}. Received: {name}={value!r}")
         for name in ("num_negatives", "width_multiple"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "validate_every", "patience", "validation_sampled_negatives"):
+        for name in (
+            "warmup_steps",
+            "validate_every",
+            "patience",
+            "validation_sampled_negatives",
+            "window_stride",
+        ):
             _check_int(name, getattr(self, name), minimum=0)
+        if self.window_stride and self.windows != "all":
+            raise ValueError(
+                '`window_stride` needs windows="all" (windows="last" gives one window per '
+                f"user). Received: window_stride={self.window_stride}, windows={self.windows!r}"
+            )
         if self.min_learning_rate < 0:
             raise ValueError(
                 "`min_learning_rate` should be non-negative. "
@@ -215,7 +238,11 @@ def click_order(table: pa.Table) -> np.ndarray:
 
 
 def sequences_from_examples(
-    table: pa.Table, max_length: int, since: int | None = None, windows: str = "last"
+    table: pa.Table,
+    max_length: int,
+    since: int | None = None,
+    windows: str = "last",
+    stride: int | None = None,
 ) -> Sequences:
     """Training sequences from click-log examples.
 
@@ -232,6 +259,9 @@ def sequences_from_examples(
             order of first appearance. ``"all"``: per user, the first
             example's history followed by every example's click, cut from the
             end into windows of ``L`` inputs (see :class:`SequentialConfig`).
+        stride: int or None. With ``windows="all"``, a window ends every
+            ``stride`` clicks and trains its newest ``stride`` targets
+            (``SequentialConfig.window_stride``); None = ``max_length``.
 
     Returns:
         :class:`Sequences`.
@@ -239,12 +269,17 @@ def sequences_from_examples(
     _check_int("max_length", max_length, minimum=1)
     if windows not in WINDOWS:
         raise ValueError(f"`windows` should be one of {WINDOWS}. Received: windows={windows!r}")
+    stride = _window_stride(stride, max_length, windows)
     if table.num_rows == 0:
         empty = np.zeros((0, max_length), np.int32)
         return Sequences(empty, np.zeros(0, np.int32), empty.copy(), np.zeros(0, object))
     if windows == "all":
         return _all_windows(
-            table, max_length, since, lambda rows: table.column("history").take(pa.array(rows))
+            table,
+            max_length,
+            since,
+            lambda rows: table.column("history").take(pa.array(rows)),
+            stride,
         )
     order = click_order(table)
     codes, names = _user_codes(table, order)
@@ -274,7 +309,23 @@ def sequences_from_examples(
     )
 
 
-def _all_windows(table: pa.Table, max_length: int, since: int | None, first_histories) -> Sequences:
+def _window_stride(stride: int | None, max_length: int, windows: str) -> int:
+    """``stride`` checked against ``max_length`` (None or 0 = ``max_length``)."""
+    if not stride:
+        return max_length
+    if windows != "all":
+        raise ValueError(f'`stride` needs windows="all". Received: windows={windows!r}')
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
+        raise ValueError(
+            f"`window_stride` should be an integer in [1, L={max_length}] (0 = L). "
+            f"Received: {stride!r}"
+        )
+    return stride
+
+
+def _all_windows(
+    table: pa.Table, max_length: int, since: int | None, first_histories, stride: int
+) -> Sequences:
     """``windows="all"`` of ``table``; ``first_histories(rows)`` is the history column at ``rows``.
 
     (A callable, so that a reader can decode only the rows it needs.)
@@ -289,6 +340,7 @@ def _all_windows(table: pa.Table, max_length: int, since: int | None, first_hist
         max_length,
         since,
         names,
+        stride,
     )
 
 
@@ -314,8 +366,13 @@ def _windows(
     max_length: int,
     since: int | None,
     names: np.ndarray,
+    stride: int,
 ) -> Sequences:
     """Every user's whole sequence cut into windows of ``max_length`` inputs.
+
+    A window ends every ``stride`` inputs from the end and trains its newest
+    ``stride`` targets; the oldest (which starts at the first input) trains
+    all of its own. ``stride == max_length``: windows side by side.
 
     ``codes``, ``clicked`` and ``times`` are per click, in click order
     (grouped by user); ``first_histories`` is each user's history before their
@@ -346,16 +403,21 @@ def _windows(
     if since is not None:
         trainable[at] &= times >= since
     inputs = np.maximum(total - 1, 0)  # input positions; the target of position p is p + 1
-    count = -(-inputs // max_length)
+    # windows end at inputs, inputs - stride, ...; the last is the first to start at 0
+    count = np.where(inputs > 0, 1 + -(-np.maximum(inputs - max_length, 0) // stride), 0)
     owner = np.repeat(np.arange(num_users), count)
-    end = offsets[owner] + inputs[owner] - positions_within(count) * max_length
+    back = positions_within(count)
+    end = offsets[owner] + inputs[owner] - back * stride
     start = np.maximum(offsets[owner], end - max_length)
+    oldest = back == count[owner] - 1
     positions = np.arange(max_length)
     real = positions < (end - start)[:, None]
+    # a window trains its newest `stride` targets, the oldest window all of them
+    new = real & (oldest[:, None] | (positions >= (end - start - stride)[:, None]))
     index = np.where(real, start[:, None] + positions, 0)
     after = np.where(real, index + 1, 0)
     items = np.where(real, tokens[index], 0)
-    targets = np.where(real & trainable[after], tokens[after], 0)
+    targets = np.where(new & trainable[after], tokens[after], 0)
     return Sequences(
         items=items.astype(np.int32),
         lengths=(end - start).astype(np.int32),
@@ -373,13 +435,14 @@ def _clicked_items(table: pa.Table) -> np.ndarray:
 
 
 def load_training_sequences(
-    data_dir: str | Path, max_length: int, windows: str = "last"
+    data_dir: str | Path, max_length: int, windows: str = "last", stride: int | None = None
 ) -> Sequences:
     """:func:`sequences_from_examples` of ``train.parquet``.
 
     Only the histories that are used are decoded (each user's last row for
     ``windows="last"``, first row for ``"all"``), not the whole file's.
     """
+    stride = _window_stride(stride, max_length, windows)
     examples = ExamplesFile(split_path(data_dir, "train"))
     if windows == "all":
         columns = ["example_key", "user_id", "time", "candidates", "labels"]
@@ -392,7 +455,7 @@ def load_training_sequences(
             found = examples.take(wanted, ["history"]).column("history")
             return found.take(pa.array(np.searchsorted(wanted, rows)))
 
-        return _all_windows(table, max_length, None, first_histories)
+        return _all_windows(table, max_length, None, first_histories, stride)
     keys = examples.read(["example_key", "user_id", "time"])
     order = click_order(keys)
     codes, _ = _user_codes(keys, order)
@@ -1080,7 +1143,9 @@ def train_sequential(
         )
     length = config.model.history_length
     started = time.perf_counter()
-    sequences = load_training_sequences(data_dir, length, sequential.windows)
+    sequences = load_training_sequences(
+        data_dir, length, sequential.windows, sequential.window_stride
+    )
     if sequences.num_targets == 0:
         raise ValueError(f"{split_path(data_dir, 'train')} has no sequence to train on")
     logger.info(

@@ -1,5 +1,6 @@
 """Causal next-item training: data, the objective, and a run evaluated by the next-item protocol."""
 
+import collections
 import json
 
 import keras
@@ -155,6 +156,87 @@ def test_all_windows_train_every_click_once_and_end_with_the_last_window():
             newest = np.flatnonzero(every.users == user)[0]
             assert every.items[newest].tolist() == last.items[row].tolist(), (user, length)
             assert every.targets[newest].tolist() == last.targets[row].tolist(), (user, length)
+
+
+def test_overlapping_windows_train_each_click_once_with_at_least_l_minus_s_before_it():
+    table = examples(user_log("u", [2, 3, 4, 5, 6, 7, 8, 9]) + user_log("v", [10, 11]))
+    seqs = sequences_from_examples(table, max_length=4, windows="all", stride=2)
+    rows = [
+        (u, tuple(i[:n]), tuple(t[:n]))
+        for u, i, t, n in zip(seqs.users, seqs.items, seqs.targets, seqs.lengths, strict=True)
+    ]
+    # u's 7 inputs: windows end at inputs 7, 5, 3; each trains its newest 2 targets,
+    # the oldest (from the first input) all of its own
+    assert rows == [
+        ("u", (5, 6, 7, 8), (0, 0, 8, 9)),
+        ("u", (3, 4, 5, 6), (0, 0, 6, 7)),
+        ("u", (2, 3, 4), (3, 4, 5)),
+        ("v", (10,), (11,)),
+    ]
+
+
+def trained_positions(seqs):
+    """A count of ``(user, inputs up to and including a trained position, its target)``."""
+    found = collections.Counter()
+    for user, items, targets in zip(seqs.users, seqs.items, seqs.targets, strict=True):
+        for position in np.flatnonzero(targets):
+            found[user, tuple(items[: position + 1].tolist()), int(targets[position])] += 1
+    return found
+
+
+def test_overlapping_windows_see_the_most_recent_context_the_window_allows():
+    rng = np.random.default_rng(5)
+    rows, tokens = [], {}
+    for user in range(10):
+        clicks = rng.integers(2, 40, size=int(rng.integers(1, 40))).tolist()
+        before = rng.integers(2, 40, size=user % 4).tolist()
+        rows += user_log(f"u{user}", clicks, first_history=before)
+        tokens[f"u{user}"] = before + clicks
+    table = examples(rows)
+    for length, stride in ((5, 1), (5, 2), (5, 3), (8, 5), (3, 3), (1, 1)):
+        seqs = sequences_from_examples(table, max_length=length, windows="all", stride=stride)
+        found = trained_positions(seqs)
+        # the windows, one at a time: end at the last input, then every
+        # `stride` inputs back, until one starts at the first input
+        expected = collections.Counter()
+        for user, sequence in tokens.items():
+            end = len(sequence) - 1  # inputs; the target of input p is sequence[p + 1]
+            while end > 0:
+                start = max(0, end - length)
+                for p in range(start if start == 0 else end - stride, end):
+                    expected[user, tuple(sequence[start : p + 1]), sequence[p + 1]] += 1
+                    assert p + 1 - start >= min(p + 1, length - stride + 1)
+                if start == 0:
+                    break
+                end -= stride
+        assert found == expected, (length, stride)
+
+
+def test_a_stride_of_l_is_the_side_by_side_windows():
+    rng = np.random.default_rng(7)
+    rows = []
+    for user in range(8):
+        clicks = rng.integers(2, 30, size=int(rng.integers(1, 25))).tolist()
+        rows += user_log(f"u{user}", clicks, first_history=rng.integers(2, 30, size=2).tolist())
+    table = examples(rows)
+    for length in (1, 3, 6):
+        side_by_side = sequences_from_examples(table, max_length=length, windows="all")
+        strided = sequences_from_examples(table, max_length=length, windows="all", stride=length)
+        for name in ("items", "lengths", "targets", "users"):
+            assert getattr(side_by_side, name).tolist() == getattr(strided, name).tolist()
+
+
+def test_window_stride_is_checked():
+    table = examples(user_log("u", [2, 3, 4]))
+    with pytest.raises(ValueError, match=r"window_stride.*\[1, L=3\]"):
+        sequences_from_examples(table, max_length=3, windows="all", stride=4)
+    with pytest.raises(ValueError, match='needs windows="all"'):
+        sequences_from_examples(table, max_length=3, stride=2)
+    with pytest.raises(ValueError, match='needs windows="all"'):
+        SequentialConfig(window_stride=2)
+    with pytest.raises(ValueError, match="window_stride"):
+        SequentialConfig(windows="all", window_stride=-1)
+    assert SequentialConfig(windows="all", window_stride=2).window_stride == 2
 
 
 def test_all_windows_skip_rows_without_a_click():
