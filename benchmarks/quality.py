@@ -653,6 +653,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
                 log.history_length,
                 since=int(log.times[part_rows].min()),
                 windows=sequential.windows,
+                stride=sequential.window_stride,
             )
             batch_seed = seed * 100_003 + window + 1_000_003 * part
             batches = sequence_dataset(

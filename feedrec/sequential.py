@@ -311,7 +311,7 @@ def sequences_from_examples(
 
 def _window_stride(stride: int | None, max_length: int, windows: str) -> int:
     """``stride`` checked against ``max_length`` (None or 0 = ``max_length``)."""
-    if not stride:
+    if stride is None or (stride == 0 and not isinstance(stride, bool)):
         return max_length
     if windows != "all":
         raise ValueError(f'`stride` needs windows="all". Received: windows={windows!r}')

@@ -212,6 +212,20 @@ def test_overlapping_windows_see_the_most_recent_context_the_window_allows():
         assert found == expected, (length, stride)
 
 
+def test_overlapping_windows_with_since_train_only_the_new_clicks_once():
+    # the sequence 2, 3, ..., 9: clicks 5..9 at times 10..14 after a history 2, 3, 4;
+    # the trained window is t >= 12 (targets 7, 8, 9)
+    table = examples(user_log("u", [5, 6, 7, 8, 9], start_time=10, first_history=[2, 3, 4]))
+    for stride in (1, 2, 3):
+        seqs = sequences_from_examples(table, max_length=3, since=12, windows="all", stride=stride)
+        assert sorted(seqs.targets[seqs.targets > 0].tolist()) == [7, 8, 9], stride
+        for items, targets in zip(seqs.items, seqs.targets, strict=True):
+            for position in np.flatnonzero(targets):
+                target, seen = int(targets[position]), position + 1
+                assert items[:seen].tolist() == list(range(target - seen, target))
+                assert seen >= 3 - stride + 1, (stride, items, targets)
+
+
 def test_a_stride_of_l_is_the_side_by_side_windows():
     rng = np.random.default_rng(7)
     rows = []
@@ -489,6 +503,20 @@ def test_training_sequences_from_disk(data_dir):
     expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all")
     for field in ("items", "lengths", "targets", "users"):
         np.testing.assert_array_equal(getattr(every, field), getattr(expected, field))
+    strided = load_training_sequences(data_dir, 6, windows="all", stride=2)
+    expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all", stride=2)
+    for field in ("items", "lengths", "targets", "users"):
+        np.testing.assert_array_equal(getattr(strided, field), getattr(expected, field))
+    assert strided.num_targets == every.num_targets
+    assert sorted(strided.lengths.tolist()) != sorted(every.lengths.tolist())
+
+
+def test_train_sequential_hands_the_window_stride_to_the_windows(data_dir, tmp_path):
+    config = Config(model=TINY, train=TrainConfig(epochs=1, batch_size=20))
+    sequential = SequentialConfig(windows="all", window_stride=TINY.history_length + 1)
+    with pytest.raises(ValueError, match=rf"\[1, L={TINY.history_length}\]"):
+        train_sequential(data_dir, tmp_path / "run", config, sequential, verbose=0)
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_sequences_are_the_same_from_either_layout(data_dir, tmp_path):
