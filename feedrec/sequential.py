@@ -311,15 +311,17 @@ def sequences_from_examples(
 
 def _window_stride(stride: int | None, max_length: int, windows: str) -> int:
     """``stride`` checked against ``max_length`` (None or 0 = ``max_length``)."""
-    if stride is None or (stride == 0 and not isinstance(stride, bool)):
+    if stride is None:
         return max_length
-    if windows != "all":
-        raise ValueError(f'`stride` needs windows="all". Received: windows={windows!r}')
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= max_length:
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 0 <= stride <= max_length:
         raise ValueError(
             f"`window_stride` should be an integer in [1, L={max_length}] (0 = L). "
             f"Received: {stride!r}"
         )
+    if stride == 0:
+        return max_length
+    if windows != "all":
+        raise ValueError(f'`stride` needs windows="all". Received: windows={windows!r}')
     return stride
 
 
