@@ -109,6 +109,11 @@ class SequentialConfig:
             clicks before it. About ``L / S`` times the windows; the softmax
             is computed at the targets only, so an epoch costs less than
             that.
+        exclude_history: with ``full_softmax``, mask each target's inputs (the
+            clicks before it in its window, other than the target itself) out
+            of its softmax, as the evaluation excludes a user's history from
+            the ranking: the model is not trained to push down items the
+            protocol never ranks. Defaults to False.
         validation_sampled_negatives: also record, at each validation, the
             metrics against this many uniform negatives (the SASRec protocol,
             ``sampled_uniform_K``), for learning curves; 0 = not. Model
@@ -131,6 +136,7 @@ class SequentialConfig:
     validation_sampled_negatives: int = 0
     windows: str = "last"
     window_stride: int = 0
+    exclude_history: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -157,6 +163,16 @@ class SequentialConfig:
             raise ValueError(
                 '`window_stride` needs windows="all" (windows="last" gives one window per '
                 f"user). Received: window_stride={self.window_stride}, windows={self.windows!r}"
+            )
+        if not isinstance(self.exclude_history, bool):
+            raise ValueError(
+                "`exclude_history` should be true or false. "
+                f"Received: exclude_history={self.exclude_history!r}"
+            )
+        if self.exclude_history and self.loss != "full_softmax":
+            raise ValueError(
+                '`exclude_history` needs loss="full_softmax". '
+                f"Received: exclude_history=True, loss={self.loss!r}"
             )
         if self.min_learning_rate < 0:
             raise ValueError(
@@ -591,6 +607,7 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     sampling_weights: np.ndarray | None = None,
     seed: int = 0,
     item_bias=None,
+    exclude_history: bool = False,
 ):
     """A ``keras.Model`` that trains ``recommender`` on the next-item objective.
 
@@ -599,7 +616,8 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     vectors (the recommender's own item encoder: tied embeddings) with
     :class:`feedrec.tasks.next_item_loss.NextItemSoftmaxLoss`:
 
-    * ``full_softmax``: logits over every item, padding and OOV masked;
+    * ``full_softmax``: logits over every item, padding and OOV masked (with
+      ``exclude_history``, each target's inputs too: :func:`history_columns`);
     * ``sampled_softmax``: the target against ``num_negatives`` items drawn
       per batch (shared by its positions) from ``sampling_weights`` (uniform
       when None), logits corrected by ``-log q`` (logQ, with keras-rs'
@@ -624,6 +642,8 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
 
     if loss not in SEQUENTIAL_LOSSES:
         raise ValueError(f"`loss` should be one of {SEQUENTIAL_LOSSES}. Received: loss={loss!r}")
+    if exclude_history and loss != "full_softmax":
+        raise ValueError(f'`exclude_history` needs loss="full_softmax". Received: loss={loss!r}')
     num_items = int(recommender.item_encoder.num_items)
     if loss == "sampled_softmax" and num_negatives >= num_items - FIRST_ITEM_INDEX:
         raise ValueError(
@@ -688,6 +708,9 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
                     logits = logits + self.item_bias(self.all_items)[None, :]
                 reserved = ops.arange(num_items) < FIRST_ITEM_INDEX
                 logits = ops.where(reserved[None, :], large_negative("float32"), logits)
+                if exclude_history:
+                    seen = history_columns(x["items"], targets, num_items)
+                    logits = ops.where(seen, large_negative("float32"), logits)
                 value = self.next_item_loss(positives, logits)
             else:
                 value = self._sampled(states, positives)
@@ -720,6 +743,40 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
             return self.next_item_loss(ops.zeros_like(positives), logits)
 
     return _Trainer()
+
+
+def history_columns(items, targets, num_items: int):
+    """Which catalogue columns hold each target's inputs, for its softmax.
+
+    For every position ``(b, t)`` with a target (``targets >= FIRST_ITEM_INDEX``),
+    in row-major order (as ``tf.boolean_mask`` orders them), a row of
+    ``num_items`` booleans: True at the items of ``items[b, : t + 1]`` (the
+    clicks the position has seen), except the target itself (a re-click is
+    still learned) and padding/OOV.
+
+    Args:
+        items: int ``(batch, width)``, the input clicks.
+        targets: int ``(batch, width)``, 0 where there is no target.
+        num_items: the catalogue size (columns).
+
+    Returns:
+        bool ``(positions, num_items)``.
+    """
+    import tensorflow as tf
+
+    items = tf.cast(items, tf.int32)
+    targets = tf.cast(targets, tf.int32)
+    where = tf.where(targets >= FIRST_ITEM_INDEX)
+    window = tf.gather(items, where[:, 0])  # (positions, width)
+    positives = tf.gather_nd(targets, where)
+    seen = tf.range(tf.shape(items)[1])[None, :] <= tf.cast(where[:, 1:], tf.int32)
+    seen &= (window >= FIRST_ITEM_INDEX) & (window != positives[:, None])
+    rows = tf.broadcast_to(tf.range(tf.shape(where)[0])[:, None], tf.shape(window))
+    pairs = tf.stack([tf.boolean_mask(rows, seen), tf.boolean_mask(window, seen)], axis=1)
+    counts = tf.scatter_nd(
+        pairs, tf.ones(tf.shape(pairs)[:1], tf.int32), tf.stack([tf.shape(where)[0], num_items])
+    )
+    return counts > 0
 
 
 def sampled_softmax_logits(
@@ -971,6 +1028,7 @@ def compile_trainer(
         sampling_weights=weights,
         seed=config.train.seed,
         item_bias=item_bias,
+        exclude_history=sequential.exclude_history,
     )
     import tensorflow as tf
 

@@ -25,7 +25,9 @@ from feedrec.sequential import (
     SequentialConfig,
     batch_indices,
     click_order,
+    compile_trainer,
     count_batches,
+    history_columns,
     load_training_sequences,
     sampled_softmax_logits,
     sequence_batches,
@@ -415,19 +417,66 @@ def biased(offsets):
     return layer
 
 
+@pytest.mark.parametrize("exclude_history", [False, True], ids=["all_items", "exclude_history"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["plain", "item_bias"])
-def test_full_softmax_loss_by_hand(with_bias):
+def test_full_softmax_loss_by_hand(with_bias, exclude_history):
     offsets = np.random.default_rng(3).normal(size=30).astype("float32") * with_bias
-    model, trainer, x, y = trainer_and_batch("full_softmax", biased(offsets) if with_bias else None)
+    model, trainer, x, y = trainer_and_batch(
+        "full_softmax", biased(offsets) if with_bias else None, exclude_history=exclude_history
+    )
     states = trainer(x)  # position (0, 2) has no target: nothing to learn
     loss = float(trainer.compute_loss(x, y, states))
     states = keras.ops.convert_to_numpy(states)
     items = keras.ops.convert_to_numpy(model.item_embedding(np.arange(30)))
     expected = []
     for row, col in [(0, 0), (0, 1), (1, 0)]:
-        logits = items[2:] @ states[row, col] + offsets[2:]  # padding and OOV never compete
-        expected.append(np.log(np.exp(logits).sum()) - logits[y[row, col] - 2])
+        competing = np.arange(2, 30)  # padding and OOV never compete
+        if exclude_history:  # nor, here, the clicks this position has seen
+            competing = np.setdiff1d(competing, x["items"][row, : col + 1])
+        logits = items[competing] @ states[row, col] + offsets[competing]
+        target = logits[competing == y[row, col]][0]
+        expected.append(np.log(np.exp(logits).sum()) - target)
     assert loss == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_history_columns_match_a_position_by_position_reference():
+    rng = np.random.default_rng(4)
+    num_items, width = 12, 7
+    real = np.arange(width) < rng.integers(1, width + 1, size=9)[:, None]
+    items = np.where(real, rng.integers(0, num_items, (9, width)), 0)
+    targets = np.where(real, rng.integers(0, num_items, (9, width)), 0)
+    targets[rng.random(targets.shape) < 0.2] = 0  # positions outside the trained window
+    items[0, :3], targets[0, :3] = [5, 6, 5], [6, 5, 6]  # re-clicks: the target is never masked
+    columns = keras.ops.convert_to_numpy(history_columns(items, targets, num_items))
+    expected = []
+    for b, t in np.argwhere(targets >= 2):  # row-major, as tf.boolean_mask orders them
+        row = np.zeros(num_items, bool)
+        for item in items[b, : t + 1]:
+            row[item] = item >= 2 and item != targets[b, t]
+        expected.append(row)
+    np.testing.assert_array_equal(columns, np.array(expected))
+    assert columns[:3].tolist() == [
+        [i == 5 for i in range(num_items)],  # seen 5, target 6
+        [i == 6 for i in range(num_items)],  # seen 5 and 6, target 5: 5 competes
+        [i == 5 for i in range(num_items)],
+    ]
+
+
+def test_compile_trainer_hands_exclude_history_to_the_loss():
+    losses = {}
+    for exclude in (False, True):
+        keras.utils.set_random_seed(1)
+        model = build_model(TINY, num_items=30, causal=True)
+        trainer = compile_trainer(
+            model,
+            Config(model=TINY),
+            SequentialConfig(exclude_history=exclude),
+            total_steps=1,
+        )
+        x = {"items": np.array([[2, 3, 4, 5]], "int32"), "lengths": np.array([4])}
+        y = np.array([[3, 4, 5, 6]], "int32")
+        losses[exclude] = float(trainer.compute_loss(x, y, trainer(x)))
+    assert losses[True] < losses[False]  # fewer competitors, lower cross-entropy
 
 
 @pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
@@ -467,6 +516,7 @@ def test_the_trainer_learns_the_bias_weights():
         ("patience", -1, "patience=-1"),
         ("max_train_seconds", 0, "max_train_seconds=0"),
         ("item_embedding_stddev", -0.1, "item_embedding_stddev=-0.1"),
+        ("exclude_history", "yes", "exclude_history='yes'"),
     ],
 )
 def test_config_checks_quote_the_value(field, value, message):
@@ -474,6 +524,14 @@ def test_config_checks_quote_the_value(field, value, message):
         SequentialConfig(**{field: value})
     with pytest.raises(ValueError, match="unknown setting"):
         SequentialConfig.from_dict({"epochs": 3})
+
+
+def test_exclude_history_needs_the_full_softmax():
+    with pytest.raises(ValueError, match="loss='sampled_softmax'"):
+        SequentialConfig(exclude_history=True, loss="sampled_softmax")
+    model = build_model(TINY, num_items=30, causal=True)
+    with pytest.raises(ValueError, match="loss='sampled_softmax'"):
+        NextItemTrainer(model, loss="sampled_softmax", num_negatives=8, exclude_history=True)
 
 
 # ---------------------------------------------------------------- end to end
