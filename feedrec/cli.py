@@ -30,7 +30,15 @@ logger = logging.getLogger("feedrec")
 
 # Commands whose work is TensorFlow's on CPU: glibc's malloc is tuned for them (feedrec.allocator)
 TUNED_COMMANDS = ("train", "evaluate", "demo")
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    KeyError,
+)
 
 
 def quiet_tensorflow() -> None:
@@ -253,10 +261,12 @@ def _export(args) -> int:
 def _recommend(args) -> int:
     from feedrec.export import recommend
 
-    history = [item for item in args.history.split(",") if item]
+    # ids are stripped the same way in both ("N1, N2" is N1 and N2)
+    history = [item.strip() for item in args.history.split(",") if item.strip()]
     catalog = None
     if args.catalog:
-        catalog = [line.strip() for line in args.catalog.read_text().splitlines() if line.strip()]
+        lines = args.catalog.read_text(encoding="utf-8").splitlines()
+        catalog = [line.strip() for line in lines if line.strip()]
     for rank, (item, score) in enumerate(
         recommend(args.export_dir, history, catalog=catalog, top_k=args.top_k), start=1
     ):

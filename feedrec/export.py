@@ -11,10 +11,12 @@ Signatures (all take the **raw item ids of the log** as strings):
 
 * ``serving_default``: ``history`` ``tf.string (batch, None)`` (a user's
   clicks, oldest first, right-padded with ``""``) and ``candidates``
-  ``tf.string (batch, None)`` -> ``scores`` ``float32 (batch, num_candidates)``.
+  ``tf.string (batch, None)`` -> ``scores`` ``float32 (batch, num_candidates)``
+  (a ``""`` candidate is padding: it scores :data:`PADDING_SCORE`, below any
+  item).
 * ``user_embedding``: ``history`` -> ``user_embedding`` ``float32 (batch, dim)``.
 * ``item_embedding``: ``items`` ``tf.string (None,)`` -> ``item_embedding``
-  ``float32 (None, dim)``.
+  ``float32 (None, dim)`` (zeros for ``""``).
 
 Inside the graph, raw ids are mapped to vocabulary indices by a hash table
 initialised from the ``items.tsv`` asset (unknown ids -> OOV, ``""`` ->
@@ -44,6 +46,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.schema import FIRST_ITEM_INDEX, OOV_INDEX, PADDING_INDEX
+
+#: The score of a ``""`` (padding) candidate: below any real logit, finite (JSON).
+PADDING_SCORE = -1e9
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +240,8 @@ class ServingModule(tf.Module):
             scores = tf.reduce_sum(items * user[:, None, :], axis=-1)
         else:
             scores = tf.einsum("bd,bcd->bc", user, items)
-        return tf.cast(scores, tf.float32)
+        padding = tf.equal(candidate_id_lengths, 0)
+        return tf.where(padding, tf.constant(PADDING_SCORE), tf.cast(scores, tf.float32))
 
     @tf.function(
         input_signature=[
@@ -265,8 +271,9 @@ class ServingModule(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="items")])
     def item_embedding(self, items):
         items = _ensure_shape(items, [None], "items")
-        vectors = tf.gather(self.item_vectors, self.lookup(items))
-        return {"item_embedding": tf.cast(vectors, tf.float32)}
+        vectors = tf.cast(tf.gather(self.item_vectors, self.lookup(items)), tf.float32)
+        padding = tf.equal(tf.strings.length(items), 0)[:, None]
+        return {"item_embedding": tf.where(padding, tf.zeros_like(vectors), vectors)}
 
 
 def _ensure_shape(tensor, shape, name):
@@ -441,8 +448,10 @@ def export_items(export_dir: str | Path) -> list[str]:
     ``export_dir`` as for :func:`load_export`.
     """
     path = resolve_export(export_dir) / "assets" / ITEMS_ASSET
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [line.split("\t", 1)[0] for line in lines]
+    # "\n" only, as TensorFlow's table reader splits it (str.splitlines would also
+    # split an id at "\x0b", "\x1c", "\u2028", ...).
+    lines = path.read_text(encoding="utf-8").split("\n")
+    return [line.split("\t", 1)[0] for line in lines if line]
 
 
 def score_request(serving, history: list[str], candidates: list[str]) -> np.ndarray:

@@ -138,6 +138,29 @@ def test_padding_is_skipped_wherever_it_sits(serving):
     )
 
 
+def test_padding_candidates_score_below_every_item_and_have_no_vector(model, serving):
+    history = [["N10", "N11"], ["N12", ""]]
+    candidates = [["N13", "", "N14"], ["", "N15", ""]]
+    got = serve(serving, history, candidates)
+    real = np.array(candidates) != ""
+    np.testing.assert_array_equal(got[~real], export.PADDING_SCORE)
+    np.testing.assert_allclose(got[real], model_scores(model, history, candidates)[real], atol=1e-5)
+    vectors = serving.signatures["item_embedding"](items=tf.constant(["N13", "", "N14"]))
+    vectors = vectors["item_embedding"].numpy()
+    np.testing.assert_array_equal(vectors[1], 0.0)
+    assert np.abs(vectors[[0, 2]]).min(axis=1).max() > 0
+
+
+def test_export_items_split_lines_as_the_graph_does(tmp_path):
+    # str.splitlines would cut these ids at U+2028 and \x1c; TensorFlow's table reader does not
+    ids = ["", "<oov>", "A\u2028B", "C\x1cD", "E"]
+    assets = tmp_path / "1" / "assets"
+    assets.mkdir(parents=True)
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"")
+    export.write_item_vocabulary(ids, assets / export.ITEMS_ASSET)
+    assert export.export_items(tmp_path / "1") == ids[2:]
+
+
 def test_empty_history_gives_finite_scores(model, serving):
     candidates = [["N10", "N11", "NEW"]]
     padded = serve(serving, [["", ""]], candidates)
@@ -390,6 +413,9 @@ def test_cli_export_then_recommend(run_dir, model, tmp_path, capsys):
         [score for _, _, score in rows], np.sort(scores)[::-1][:3], atol=1e-4
     )
 
+    spaced = _recommend_lines(capsys, ["recommend", str(version), "--history", " N10 , N13"])
+    assert spaced[:3] == rows  # ids are stripped, as in a catalogue file
+
     catalog_file = tmp_path / "catalog.txt"
     catalog_file.write_text("N15\nN11\n\nN10\nNEW\n")
     rows = _recommend_lines(
@@ -397,6 +423,12 @@ def test_cli_export_then_recommend(run_dir, model, tmp_path, capsys):
         ["recommend", str(version), "--history", "N10", "--catalog", str(catalog_file)],
     )
     assert sorted(item for _, item, _ in rows) == ["N11", "N15", "NEW"]  # history left out
+
+    # a catalogue that is a folder: one line on stderr, exit 2, no traceback
+    assert main(["recommend", str(version), "--history", "N10", "--catalog", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("feedrec recommend: error:") and str(tmp_path) in err
+    assert "Traceback" not in err
 
     # EXPORT_BASE instead of its version: the latest version, as TF Serving picks it
     from_base = _recommend_lines(capsys, ["recommend", str(version.parent), "--history", "N10"])
