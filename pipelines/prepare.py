@@ -640,7 +640,7 @@ def _empty_events() -> pa.Table:
 
 def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Dictionary codes (int32, in first-appearance order) and the dictionary of a string column."""
-    if column.num_chunks == 0:
+    if len(column) == 0:  # no chunk, or only empty ones (dictionary_encode drops those)
         return np.zeros(0, np.int32), pa.array([], pa.string())
     encoded = pc.dictionary_encode(column)
     indices = [chunk.indices.to_numpy(zero_copy_only=False) for chunk in encoded.chunks]
@@ -715,6 +715,18 @@ class _Job:
             del result, events
         return store
 
+    def _nothing_read(self) -> str:
+        """The error when no row of the inputs is usable: what was read and rejected."""
+        names = ", ".join(str(p) for p in self.inputs[:3])
+        names += ", ..." if len(self.inputs) > 3 else ""
+        rejected = sum(self.rejected.values())
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.rejected.items()))
+        return (
+            f"{names}: no usable rows to build examples from; expected at least one "
+            f"{self.format} row ({self.rows_read} read, {rejected} rejected"
+            + (f" -- {reasons})" if reasons else ")")
+        )
+
     def _results(self) -> Iterator[tuple[ReadResult, list[dict], float]]:
         """The reader's results batch by batch, with their input records and progress.
 
@@ -765,6 +777,8 @@ class _Job:
         options = self.options
         self.bar.stage("read")
         store = self._read_all()
+        if store.rows == 0:
+            raise ValueError(self._nothing_read())
         ctx = self._context(store)
 
         self.bar.stage("count")

@@ -562,6 +562,9 @@ def _parse_blocks(text: _Text) -> Chunk:
     return Chunk(text.name, pa.concat_tables(tables), np.concatenate(lines), rows_read, problems)
 
 
+_OPEN_QUOTE = "a quoted field is not closed on this line (a record must not hold a line break)"
+
+
 def _split(text: str, delimiter: str | None, quoted: bool) -> list[str]:
     if delimiter is WHITESPACE:
         return _WHITESPACE_RUN.split(text.strip(" \t"))
@@ -597,6 +600,8 @@ def _parse_slow(text: _Text) -> Chunk:
         fields = _split(decoded, delimiter, text.quoted)
         if len(fields) != len(columns):
             reason = f"expected {separated}, found {len(fields)}"
+            if text.quoted and decoded.count('"') % 2:
+                reason += f"; {_OPEN_QUOTE}"
             problems.append(Problem(number, "wrong_field_count", None, reason, _short(decoded)))
             continue
         lines.append(number)
@@ -657,16 +662,16 @@ def read_jsonl(
 
     Columns in ``native`` keep JSON numbers as numbers (timestamps, typed
     extra columns); the others become strings (a JSON integer ``7`` reads as
-    ``"7"``). A key missing from a line is null there; a ``required`` key
-    that no line gives a non-null value is a ``ValueError``. A line that is not a JSON
+    ``"7"``). A key missing from a line, or given as ``null``, is null there; a
+    ``required`` key that no line gives at all is a ``ValueError``. A line that is not a JSON
     object is rejected as ``bad_json``; a value of the wrong JSON type
     (``true``, an object, a list, a fraction where an id is expected) as
     ``bad_value``.
 
     ``data`` may be one block of whole lines of a larger stream, whose first
     line is line ``first_line`` of the stream: line numbers then continue
-    from it, and the chunk's ``columns_found`` (the keys some line gives a
-    non-null value) lets the caller check ``required`` over the whole stream
+    from it, and the chunk's ``columns_found`` (the keys some line gives)
+    lets the caller check ``required`` over the whole stream
     (pass ``required=()`` here).
     """
     if first_line == 1:
@@ -709,9 +714,10 @@ def _jsonl_fast(data, include, native):
         arrays = {}
         for column in include:
             values = contiguous(table.column(column)) if column in table.column_names else None
-            if values is None or pa.types.is_null(values.type):
-                arrays[column] = pa.nulls(table.num_rows, pa.string())
-                continue
+            if values is None or values.null_count == len(values):
+                # absent, or present but null on every line: only the slow path
+                # tells these apart (a null value is a value; a missing key is not)
+                return None
             kind = values.type
             allowed = pa.types.is_integer(kind) or pa.types.is_string(kind)
             if column in native:
@@ -722,6 +728,7 @@ def _jsonl_fast(data, include, native):
             if not allowed:
                 return None
         found = [name for name in table.column_names if table.column(name).null_count < len(table)]
+        found = sorted(set(found) | set(include))  # each is non-null on some line (above)
         lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
         return pa.table(arrays), lines, found, []
     return None
@@ -750,7 +757,7 @@ def _jsonl_slow(data, include, native):
             reason = "expected one JSON object per line"
             problems.append(Problem(number, "bad_json", None, reason, _short(text)))
             continue
-        found.update(key for key, value in record.items() if value is not None)
+        found.update(record)  # a key given as null is there (its rows hold nulls)
         problem = _json_value_problem(number, record, include, native)
         if problem is not None:
             problems.append(problem)

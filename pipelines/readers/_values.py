@@ -20,7 +20,10 @@ AUTO_MS_THRESHOLD = 1e11
 _INTEGER = r"^-?\d+$"
 _NUMBER = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
 _ISO_DATE = r"^\d{4}-\d{2}-\d{2}"
-_ISO_TIME = r"([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)"
+_ISO_TIME = r"([Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)"
+#: What Arrow's timestamp cast does not take as it is: a lower-case ``t``/``z``
+#: (RFC 3339 allows them), a fraction finer than microseconds (Java, Go: ns).
+_ISO_TO_NORMALISE = r"[tz]|\.\d{7}"
 _ISO_ZONE = r"(Z|z|[+-]\d{2}(:?\d{2})?)"
 _ISO_NAIVE = f"{_ISO_DATE}{_ISO_TIME}?$"
 _ISO_ZONED = f"{_ISO_DATE}{_ISO_TIME}{_ISO_ZONE}$"
@@ -93,8 +96,9 @@ def parse_time(values: pa.Array | pa.ChunkedArray, unit: str) -> tuple[np.ndarra
 
     Args:
         values: integers or floats (epoch seconds or milliseconds), strings
-            (epoch numbers or ISO-8601 ``YYYY-MM-DD[(T| )hh:mm[:ss[.ffffff]]]``
-            with an optional zone ``Z``/``+hh:mm``; no zone means UTC) or
+            (epoch numbers or ISO-8601 ``YYYY-MM-DD[(T| )hh:mm[:ss[.fff...]]]``
+            with an optional zone ``Z``/``+hh:mm``; no zone means UTC; digits
+            past microseconds are dropped, ``t``/``z`` read as ``T``/``Z``) or
             Arrow timestamps (naive ones are taken as UTC).
         unit: ``"s"`` or ``"ms"`` for epoch numbers, ``"iso"`` for ISO
             strings, or ``"auto"``: ISO strings are parsed as such and epoch
@@ -143,7 +147,11 @@ def parse_time(values: pa.Array | pa.ChunkedArray, unit: str) -> tuple[np.ndarra
             ):
                 chosen = text & matches(values, pattern)
                 if chosen.any():
-                    stamps, bad = safe_cast(values.filter(pa.array(chosen)), target)
+                    iso = values.filter(pa.array(chosen))
+                    if matches(iso, _ISO_TO_NORMALISE).any():  # kept to microseconds
+                        iso = pc.replace_substring_regex(iso, r"(\.\d{6})\d+", r"\1")
+                        iso = pc.utf8_upper(iso)
+                    stamps, bad = safe_cast(iso, target)
                     micros = pc.fill_null(pc.cast(stamps, pa.int64()), 0).to_numpy()
                     result[chosen] = np.floor_divide(micros, 1000)
                     failed[np.flatnonzero(chosen)[bad]] = True

@@ -704,6 +704,38 @@ def test_existing_output_needs_overwrite(tmp_path, log_file):
     assert (tmp_path / "data" / "manifest.json").exists()
 
 
+def test_an_empty_file_beside_a_good_one_is_read(tmp_path):
+    # an empty chunk of ids once crashed the dictionary encoding
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.csv").write_text(
+        "user_id,item_id,timestamp\nu1,i1,1700000000\nu1,i2,1700000100\nu2,i1,1700000200\n"
+    )
+    (logs / "b.jsonl").write_text("")
+    (logs / "c.parquet").write_bytes(b"")
+    pq.write_table(
+        pa.table(
+            {
+                "user_id": pa.array([], pa.string()),
+                "item_id": pa.array([], pa.string()),
+                "timestamp": pa.array([], pa.int64()),
+            }
+        ),
+        logs / "c.parquet",
+    )
+    manifest = prepare("events", [logs], tmp_path / "data", options=PrepareOptions(negatives=0))
+    assert (manifest["rows_read"], manifest["rows_used"]) == (3, 3)
+
+
+def test_no_usable_row_is_a_clear_error(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text("u1 i1 extra\nu2\n")
+    options = PrepareOptions(negatives=0, on_bad_rows="skip")
+    with pytest.raises(ValueError, match=r"log.txt: no usable rows .*2 read, 2 rejected"):
+        prepare("sequences", [log], tmp_path / "data", options=options)
+    assert not (tmp_path / "data").exists()
+
+
 def test_an_empty_output_directory_is_fine(tmp_path, log_file):
     (tmp_path / "data").mkdir()
     manifest, data = run(tmp_path, log_file, result_of(CLICK_LOG))

@@ -359,6 +359,33 @@ def test_missing_parquet_and_json_columns(tmp_path):
             events.read([path])
 
 
+def test_a_json_key_given_as_null_is_there(tmp_path):
+    # null on every line is a null value (an empty session, an empty user), not a missing key
+    path = tmp_path / "log.jsonl"
+    path.write_text(
+        '{"user_id": "u1", "item_id": "i1", "timestamp": 1700000000, "sess": null}\n'
+        '{"user_id": null, "item_id": "i2", "timestamp": 1700000001, "sess": null}\n'
+    )
+    result = events.read([path], session_col="sess", on_bad_rows="skip")
+    assert result.events.column("session_id").to_pylist() == [None]
+    assert result.events.column("item_id").to_pylist() == ["i1"]
+    assert dict(result.rejections.by_reason) == {"empty_user": 1}
+    with pytest.raises(BadRowError, match="line 2: field `user_id`"):
+        events.read([path], session_col="sess")
+    path.write_text('{"user_id": "u1", "item_id": "i1", "timestamp": 1700000000}\n')
+    with pytest.raises(ValueError, match=r"missing required column\(s\) \['sess'\]"):
+        events.read([path], session_col="sess")
+
+
+def test_a_quoted_line_break_is_named_in_the_error(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text('user_id,item_id,timestamp\nu1,"multi\nline",1700000000\nu1,i2,1700000001\n')
+    with pytest.raises(BadRowError, match="line 2: .*a quoted field is not closed on this line"):
+        events.read([path])
+    result = events.read([path], on_bad_rows="skip")
+    assert result.rows_read == 3 and dict(result.rejections.by_reason) == {"wrong_field_count": 2}
+
+
 @pytest.mark.parametrize(
     "content, match",
     [("", "no header line"), ("user_id,item_id,timestamp\n", "No rows in the inputs")],

@@ -31,6 +31,9 @@ NOV_12 = calendar.timegm((2019, 11, 12, 14, 14, 46)) * 1000
         ("2019-11-12T09:14:46-0500", "iso", NOV_12),
         ("2019-11-12T14:14:46.250", "iso", NOV_12 + 250),
         ("2019-11-12T14:14:46.250999", "iso", NOV_12 + 250),  # microseconds truncated
+        ("2019-11-12T14:14:46.250999999Z", "auto", NOV_12 + 250),  # nanoseconds (Java, Go)
+        ("2019-11-12T16:14:46.2509999999+02:00", "iso", NOV_12 + 250),
+        ("2019-11-12t14:14:46.25z", "auto", NOV_12 + 250),  # RFC 3339 allows lower case
         ("2019-11-12", "iso", NOV_12 - (14 * 3600 + 14 * 60 + 46) * 1000),
     ],
 )
@@ -48,6 +51,8 @@ def test_parse_time_accepts(value, unit, expected):
         ("yesterday", "auto"),
         ("2019-13-12T00:00:00", "auto"),  # month 13
         ("2019-02-30", "iso"),  # no such day
+        ("2019-11-12T14:14:46.", "iso"),  # a point without digits
+        ("2019-11-12x14:14:46", "auto"),
         ("12/11/2019 14:14", "auto"),
         ("2019-11-12T14:14:46", "s"),  # ISO where epoch seconds are expected
         ("1573568086", "iso"),  # a number where ISO is expected
