@@ -204,8 +204,7 @@ def _full_ranks_from_lists(
     listed &= excluded != safe_targets[:, None]
     listed_scores = np.take_along_axis(scores, np.where(listed, excluded, 0), axis=1)
     reach -= np.count_nonzero(listed & (listed_scores >= target_scores), axis=1)
-    # the target reaches its own score (unless it is NaN): it is not its own competitor
-    reach -= ~np.isnan(target_scores[:, 0])
+    reach -= 1  # the target reaches its own score: it is not its own competitor
     return np.where(valid, 1.0 + reach, np.inf)
 
 
@@ -518,6 +517,12 @@ def _check_scores(scores, targets) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             "`scores` should be (n, num_items) and `targets` (n,). Received: "
             f"scores.shape={scores.shape}, targets.shape={targets.shape}"
+        )
+    nan_rows = np.isnan(scores[:, FIRST_ITEM_INDEX:]).any(axis=1)
+    if nan_rows.any():  # NaN compares False: it would rank its target first
+        raise ValueError(
+            f"`scores` contain NaN at real items in {int(nan_rows.sum())} of {len(scores)} "
+            f"rows (first: row {int(np.argmax(nan_rows))}); a model with NaN weights?"
         )
     return scores, targets
 

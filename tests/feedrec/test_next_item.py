@@ -53,6 +53,22 @@ def test_unrankable_targets_are_misses():
     assert np.isinf(sampled_ranks(scores, np.array([1, 0, 7]), negatives)).all()
 
 
+def test_nan_scores_are_an_error_not_a_perfect_rank():
+    # NaN >= x is False: unchecked, a NaN target would rank first and a NaN rival never win
+    scores = np.array([[np.nan, np.nan, 0.9, 0.5, 0.7], [0.0, 0.0, 0.2, 0.3, 0.4]])
+    targets = np.array([3, 2])
+    assert full_ranks(scores, targets).tolist() == [3.0, 3.0]  # NaN padding/OOV: not ranked
+    scores[1, 3] = np.nan
+    lists = exclusion_lists([[2], [4]], 5)
+    for ranks in (
+        lambda: full_ranks(scores, targets),
+        lambda: full_ranks(scores, targets, lists),
+        lambda: sampled_ranks(scores, targets, np.array([[2, 4], [3, 4]])),
+    ):
+        with pytest.raises(ValueError, match="NaN at real items in 1 of 2 rows .first: row 1"):
+            ranks()
+
+
 def test_sampled_rank_counts_only_its_negatives():
     scores = np.array([[0.0, 0.0, 0.9, 0.5, 0.7, 0.1, 0.6]])
     # target 3 (0.5) against negatives 2 (0.9), 5 (0.1), 6 (0.6)
