@@ -102,8 +102,8 @@ def parse_time(values: pa.Array | pa.ChunkedArray, unit: str) -> tuple[np.ndarra
             Arrow timestamps (naive ones are taken as UTC).
         unit: ``"s"`` or ``"ms"`` for epoch numbers, ``"iso"`` for ISO
             strings, or ``"auto"``: ISO strings are parsed as such and epoch
-            numbers above ``1e11`` are milliseconds, the others seconds
-            (decided value by value).
+            numbers above ``1e11`` in magnitude are milliseconds, the others
+            seconds (decided value by value; before 1970 too).
 
     Returns:
         ``(milliseconds, failed)``: int64 numpy array (0 where failed) and the
@@ -166,12 +166,16 @@ def _epoch(values: pa.Array, unit: str) -> tuple[np.ndarray, np.ndarray]:
     failed = null_mask(values)
     if pa.types.is_integer(values.type):
         raw = np.asarray(pc.fill_null(pc.cast(values, pa.int64()), 0).to_numpy(), dtype=np.int64)
-        seconds = np.full(len(raw), unit == "s") if unit != "auto" else raw <= AUTO_MS_THRESHOLD
+        seconds = (
+            np.full(len(raw), unit == "s") if unit != "auto" else np.abs(raw) <= AUTO_MS_THRESHOLD
+        )
         failed |= seconds & (np.abs(raw) > _MAX_EPOCH_MS // 1000)
         result = np.where(seconds & ~failed, raw * 1000, raw)
     else:
         raw = np.asarray(pc.fill_null(pc.cast(values, pa.float64()), 0.0).to_numpy(), dtype=float)
-        seconds = np.full(len(raw), unit == "s") if unit != "auto" else raw <= AUTO_MS_THRESHOLD
+        seconds = (
+            np.full(len(raw), unit == "s") if unit != "auto" else np.abs(raw) <= AUTO_MS_THRESHOLD
+        )
         scaled = np.where(seconds, raw * 1000.0, raw)
         failed |= ~np.isfinite(scaled) | (np.abs(np.nan_to_num(scaled)) > _MAX_EPOCH_MS)
         result = np.round(np.where(failed, 0.0, scaled)).astype(np.int64)

@@ -22,6 +22,9 @@ NOV_12 = calendar.timegm((2019, 11, 12, 14, 14, 46)) * 1000
         (1573568086000, "ms", NOV_12),
         (1573568086000, "auto", NOV_12),  # above 1e11: milliseconds
         (1573568086.5, "auto", NOV_12 + 500),
+        (-1573568086000, "auto", -NOV_12),  # before 1970, in milliseconds
+        (-1573568086, "auto", -NOV_12),  # and in seconds
+        (-1573568086000.0, "auto", -NOV_12),
         ("1573568086", "auto", NOV_12),
         ("1573568086000", "ms", NOV_12),
         ("2019-11-12T14:14:46", "auto", NOV_12),  # no zone: UTC
