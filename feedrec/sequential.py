@@ -617,7 +617,7 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     :class:`feedrec.tasks.next_item_loss.NextItemSoftmaxLoss`:
 
     * ``full_softmax``: logits over every item, padding and OOV masked (with
-      ``exclude_history``, each target's inputs too: :func:`history_columns`);
+      ``exclude_history``, each target's inputs too: :func:`history_pairs`);
     * ``sampled_softmax``: the target against ``num_negatives`` items drawn
       per batch (shared by its positions) from ``sampling_weights`` (uniform
       when None), logits corrected by ``-log q`` (logQ, with keras-rs'
@@ -709,8 +709,7 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
                 reserved = ops.arange(num_items) < FIRST_ITEM_INDEX
                 logits = ops.where(reserved[None, :], large_negative("float32"), logits)
                 if exclude_history:
-                    seen = history_columns(x["items"], targets, num_items)
-                    logits = ops.where(seen, large_negative("float32"), logits)
+                    logits = mask_history(logits, x["items"], targets, large_negative("float32"))
                 value = self.next_item_loss(positives, logits)
             else:
                 value = self._sampled(states, positives)
@@ -745,22 +744,21 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     return _Trainer()
 
 
-def history_columns(items, targets, num_items: int):
-    """Which catalogue columns hold each target's inputs, for its softmax.
+def history_pairs(items, targets):
+    """``(position, item)`` pairs: the clicks each target position has seen.
 
     For every position ``(b, t)`` with a target (``targets >= FIRST_ITEM_INDEX``),
-    in row-major order (as ``tf.boolean_mask`` orders them), a row of
-    ``num_items`` booleans: True at the items of ``items[b, : t + 1]`` (the
-    clicks the position has seen), except the target itself (a re-click is
-    still learned) and padding/OOV.
+    numbered in row-major order (as ``tf.boolean_mask`` orders them), a pair
+    for each item of ``items[b, : t + 1]`` other than the target itself (a
+    re-click is still learned) and padding/OOV; an item seen twice gives two
+    pairs.
 
     Args:
         items: int ``(batch, width)``, the input clicks.
         targets: int ``(batch, width)``, 0 where there is no target.
-        num_items: the catalogue size (columns).
 
     Returns:
-        bool ``(positions, num_items)``.
+        int32 ``(pairs, 2)``: the target position's number and the item.
     """
     import tensorflow as tf
 
@@ -772,11 +770,29 @@ def history_columns(items, targets, num_items: int):
     seen = tf.range(tf.shape(items)[1])[None, :] <= tf.cast(where[:, 1:], tf.int32)
     seen &= (window >= FIRST_ITEM_INDEX) & (window != positives[:, None])
     rows = tf.broadcast_to(tf.range(tf.shape(where)[0])[:, None], tf.shape(window))
-    pairs = tf.stack([tf.boolean_mask(rows, seen), tf.boolean_mask(window, seen)], axis=1)
-    counts = tf.scatter_nd(
-        pairs, tf.ones(tf.shape(pairs)[:1], tf.int32), tf.stack([tf.shape(where)[0], num_items])
-    )
-    return counts > 0
+    return tf.stack([tf.boolean_mask(rows, seen), tf.boolean_mask(window, seen)], axis=1)
+
+
+def mask_history(logits, items, targets, value: float):
+    """``logits (positions, num_items)`` with :func:`history_pairs` set to ``value``.
+
+    Scattered into the logits (no dense mask is built); shapes come from
+    tensors, so it compiles with XLA.
+    """
+    import tensorflow as tf
+
+    pairs = history_pairs(items, targets)
+    fill = tf.fill(tf.shape(pairs)[:1], tf.constant(value, logits.dtype))
+    return tf.tensor_scatter_nd_update(logits, pairs, fill)
+
+
+def history_columns(items, targets, num_items: int):
+    """Bool ``(positions, num_items)``, True at :func:`history_pairs`: the dense view."""
+    import tensorflow as tf
+
+    positions = tf.reduce_sum(tf.cast(tf.cast(targets, tf.int32) >= FIRST_ITEM_INDEX, tf.int32))
+    zeros = tf.zeros(tf.stack([positions, num_items]))
+    return mask_history(zeros, items, targets, 1.0) > 0
 
 
 def sampled_softmax_logits(

@@ -715,9 +715,8 @@ def _jsonl_fast(data, include, native):
         for column in include:
             values = contiguous(table.column(column)) if column in table.column_names else None
             if values is None or values.null_count == len(values):
-                # absent, or present but null on every line: only the slow path
-                # tells these apart (a null value is a value; a missing key is not)
-                return None
+                arrays[column] = pa.nulls(table.num_rows, pa.string())
+                continue
             kind = values.type
             allowed = pa.types.is_integer(kind) or pa.types.is_string(kind)
             if column in native:
@@ -728,10 +727,27 @@ def _jsonl_fast(data, include, native):
             if not allowed:
                 return None
         found = [name for name in table.column_names if table.column(name).null_count < len(table)]
-        found = sorted(set(found) | set(include))  # each is non-null on some line (above)
+        unseen = [column for column in include if column not in found]
+        if unseen:
+            # absent, or null on every line? An explicit schema adds absent keys as
+            # nulls; inferred types list only the keys the lines give (null ones too)
+            keys = table.column_names if schema is None else _json_keys(data)
+            if keys is None:
+                return None
+            found += [column for column in unseen if column in keys]
         lines = np.arange(1, table.num_rows + 1, dtype=np.int64)
         return pa.table(arrays), lines, found, []
     return None
+
+
+def _json_keys(data) -> list[str] | None:
+    """The keys JSON Lines ``data`` gives on some line (null values too), or None."""
+    try:
+        return pa_json.read_json(
+            pa.py_buffer(data), parse_options=pa_json.ParseOptions(newlines_in_values=False)
+        ).column_names
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def _jsonl_slow(data, include, native):

@@ -462,6 +462,27 @@ def test_history_columns_match_a_position_by_position_reference():
     ]
 
 
+def test_exclude_history_trains_the_same_with_xla():
+    # the mask is scattered with shapes taken from tensors: XLA compiles it
+    losses = {}
+    x = {
+        "items": np.array([[2, 3, 4, 5], [6, 2, 0, 0]] * 2, "int32"),
+        "lengths": np.array([4, 2] * 2),
+    }
+    y = np.array([[3, 4, 5, 6], [2, 7, 0, 0]] * 2, "int32")
+    for jit in (False, True):
+        keras.utils.set_random_seed(1)
+        model = build_model(TINY, num_items=30, causal=True)
+        config = Config(model=TINY, train=TrainConfig(batch_size=2, jit_compile=jit))
+        trainer = compile_trainer(
+            model, config, SequentialConfig(exclude_history=True), total_steps=4
+        )
+        assert bool(trainer.jit_compile) == jit
+        history = trainer.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
+        losses[jit] = history.history["loss"]
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+
+
 def test_compile_trainer_hands_exclude_history_to_the_loss():
     losses = {}
     for exclude in (False, True):

@@ -377,6 +377,23 @@ def test_a_json_key_given_as_null_is_there(tmp_path):
         events.read([path], session_col="sess")
 
 
+@pytest.mark.parametrize(
+    "sess, found", [('"s1"', True), ("null", True), (None, False)], ids=["values", "null", "absent"]
+)
+def test_the_json_fast_path_tells_a_null_key_from_an_absent_one(sess, found):
+    from pipelines.readers import _table
+
+    extra = "" if sess is None else f', "sess": {sess}'
+    data = "".join(
+        f'{{"user_id": "u{i}", "item_id": "i1", "timestamp": 1700000000{extra}}}\n'
+        for i in range(50)
+    ).encode()
+    parsed = _table._jsonl_fast(data, ["user_id", "item_id", "timestamp", "sess"], ("timestamp",))
+    assert parsed is not None  # not sent line by line through the slow path
+    table, _, keys, _ = parsed
+    assert ("sess" in keys) == found and table.num_rows == 50
+
+
 def test_a_quoted_line_break_is_named_in_the_error(tmp_path):
     path = tmp_path / "log.csv"
     path.write_text('user_id,item_id,timestamp\nu1,"multi\nline",1700000000\nu1,i2,1700000001\n')
