@@ -712,7 +712,6 @@ def test_an_empty_file_beside_a_good_one_is_read(tmp_path):
         "user_id,item_id,timestamp\nu1,i1,1700000000\nu1,i2,1700000100\nu2,i1,1700000200\n"
     )
     (logs / "b.jsonl").write_text("")
-    (logs / "c.parquet").write_bytes(b"")
     pq.write_table(
         pa.table(
             {
