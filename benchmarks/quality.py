@@ -506,6 +506,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     from feedrec.sequential import (
         SequentialConfig,
         compile_trainer,
+        history_scope,
         sequence_dataset,
         sequences_from_examples,
     )
@@ -657,7 +658,11 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
             )
             batch_seed = seed * 100_003 + window + 1_000_003 * part
             batches = sequence_dataset(
-                sequences, config.train.batch_size, batch_seed, sequential.width_multiple
+                sequences,
+                config.train.batch_size,
+                batch_seed,
+                sequential.width_multiple,
+                earlier=history_scope(sequential.exclude_history) == "all",
             )
             trainer.fit(batches, epochs=epochs, verbose=0, shuffle=False)
         train_seconds += time.perf_counter() - started

@@ -58,6 +58,7 @@ OBJECTIVES = ("next_item_causal",)
 SEQUENTIAL_LOSSES = ("full_softmax", "sampled_softmax")
 SCHEDULES = ("constant", "cosine")
 WINDOWS = ("last", "all")
+HISTORY_SCOPES = ("window", "all")
 #: Item indices below this are padding and OOV: never a target, never a logit column.
 FIRST_ITEM_INDEX = 2
 
@@ -109,11 +110,15 @@ class SequentialConfig:
             clicks before it. About ``L / S`` times the windows; the softmax
             is computed at the targets only, so an epoch costs less than
             that.
-        exclude_history: with ``full_softmax``, mask each target's inputs (the
-            clicks before it in its window, other than the target itself) out
-            of its softmax, as the evaluation excludes a user's history from
-            the ranking: the model is not trained to push down items the
-            protocol never ranks. Defaults to False.
+        exclude_history: with ``full_softmax``, mask the clicks each target
+            has seen (other than the target itself: a re-click is still
+            learned) out of its softmax, as the evaluation excludes a user's
+            history from the ranking: the model is not trained to push down
+            items the protocol never ranks. ``"window"``: the clicks before
+            it in its window (its inputs); ``"all"``: also every click of the
+            user before the window (:attr:`Sequences.earlier`), the whole
+            history as the evaluation sees it. ``True`` is ``"window"`` (what
+            it meant when it was measured first). Defaults to False.
         validation_sampled_negatives: also record, at each validation, the
             metrics against this many uniform negatives (the SASRec protocol,
             ``sampled_uniform_K``), for learning curves; 0 = not. Model
@@ -136,7 +141,7 @@ class SequentialConfig:
     validation_sampled_negatives: int = 0
     windows: str = "last"
     window_stride: int = 0
-    exclude_history: bool = False
+    exclude_history: bool | str = False
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -164,15 +169,11 @@ class SequentialConfig:
                 '`window_stride` needs windows="all" (windows="last" gives one window per '
                 f"user). Received: window_stride={self.window_stride}, windows={self.windows!r}"
             )
-        if not isinstance(self.exclude_history, bool):
-            raise ValueError(
-                "`exclude_history` should be true or false. "
-                f"Received: exclude_history={self.exclude_history!r}"
-            )
+        history_scope(self.exclude_history)
         if self.exclude_history and self.loss != "full_softmax":
             raise ValueError(
                 '`exclude_history` needs loss="full_softmax". '
-                f"Received: exclude_history=True, loss={self.loss!r}"
+                f"Received: exclude_history={self.exclude_history!r}, loss={self.loss!r}"
             )
         if self.min_learning_rate < 0:
             raise ValueError(
@@ -202,6 +203,20 @@ class SequentialConfig:
         return dataclasses.asdict(self)
 
 
+def history_scope(exclude_history) -> str | None:
+    """``exclude_history`` as None, ``"window"`` or ``"all"`` (True = ``"window"``)."""
+    if exclude_history is False:
+        return None
+    if exclude_history is True:
+        return "window"
+    if exclude_history in HISTORY_SCOPES:
+        return exclude_history
+    raise ValueError(
+        f"`exclude_history` should be false, true or one of {HISTORY_SCOPES}. "
+        f"Received: exclude_history={exclude_history!r}"
+    )
+
+
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"`{name}` should be an integer >= {minimum}. Received: {name}={value!r}")
@@ -221,12 +236,28 @@ class Sequences:
             0 where there is nothing to learn (padding, or a position outside
             the trained window).
         users: the user of each row.
+        earlier: int32, flat, or None: the clicks of every row's user, from
+            which :attr:`earlier_spans` cut each row's clicks *before* its
+            first input (what ``exclude_history="all"`` masks besides the
+            inputs).
+        earlier_spans: int64 ``(N, 2)`` or None: row ``i``'s earlier clicks
+            are ``earlier[earlier_spans[i, 0] : earlier_spans[i, 1]]``, oldest
+            first.
     """
 
     items: np.ndarray
     lengths: np.ndarray
     targets: np.ndarray
     users: np.ndarray
+    earlier: np.ndarray | None = None
+    earlier_spans: np.ndarray | None = None
+
+    def earlier_clicks(self, row: int) -> np.ndarray:
+        """Row ``row``'s clicks before its first input (empty without :attr:`earlier`)."""
+        if self.earlier is None:
+            return np.zeros(0, np.int32)
+        start, end = self.earlier_spans[row]
+        return self.earlier[start:end]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -288,7 +319,14 @@ def sequences_from_examples(
     stride = _window_stride(stride, max_length, windows)
     if table.num_rows == 0:
         empty = np.zeros((0, max_length), np.int32)
-        return Sequences(empty, np.zeros(0, np.int32), empty.copy(), np.zeros(0, object))
+        return Sequences(
+            empty,
+            np.zeros(0, np.int32),
+            empty.copy(),
+            np.zeros(0, object),
+            earlier=np.zeros(0, np.int32),
+            earlier_spans=np.zeros((0, 2), np.int64),
+        )
     if windows == "all":
         return _all_windows(
             table,
@@ -302,6 +340,7 @@ def sequences_from_examples(
     n = len(names)
     last = table.take(pa.array(order[_ends(codes)]))
     histories, history_lengths = pad_lists(last.column("history"), max_length, keep="last")
+    earlier, earlier_spans = _history_before_last(last.column("history"), max_length)
     clicked = _clicked_items(last)
     # sequence = kept history + the click, then inputs = seq[:-1], targets = seq[1:]
     sequence = np.zeros((n, max_length + 1), np.int64)
@@ -322,7 +361,20 @@ def sequences_from_examples(
         lengths=lengths,
         targets=np.where(targets >= FIRST_ITEM_INDEX, targets, 0).astype(np.int32),
         users=names,
+        earlier=earlier,
+        earlier_spans=earlier_spans,
     )
+
+
+def _history_before_last(histories, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flat items of ``histories`` and, per row, the span before its last ``max_length``."""
+    if isinstance(histories, pa.ChunkedArray):
+        histories = histories.combine_chunks()
+    sizes = pc.fill_null(pc.list_value_length(histories), 0).to_numpy().astype(np.int64)
+    values = pc.fill_null(pc.list_flatten(histories), 0).to_numpy(zero_copy_only=False)
+    starts = np.cumsum(sizes) - sizes
+    spans = np.stack([starts, starts + np.maximum(sizes - max_length, 0)], axis=1)
+    return values.astype(np.int32), spans
 
 
 def _window_stride(stride: int | None, max_length: int, windows: str) -> int:
@@ -441,6 +493,8 @@ def _windows(
         lengths=(end - start).astype(np.int32),
         targets=targets.astype(np.int32),
         users=names[owner],
+        earlier=tokens.astype(np.int32),
+        earlier_spans=np.stack([offsets[owner], start], axis=1).astype(np.int64),
     )
 
 
@@ -509,13 +563,19 @@ def batch_rows(sequences: Sequences, batch_size: int, rng: np.random.Generator) 
 
 
 def sequence_batches(
-    sequences: Sequences, batch_size: int, rng: np.random.Generator, width_multiple: int = 16
+    sequences: Sequences,
+    batch_size: int,
+    rng: np.random.Generator,
+    width_multiple: int = 16,
+    earlier: bool = False,
 ):
     """One epoch of ``({"items", "lengths"}, targets)`` batches, as NumPy arrays.
 
     Rows without any target are dropped; the rest are batched by
     :func:`batch_indices`, and each batch is cut to its longest row rounded
-    up to ``width_multiple`` (at most ``L``).
+    up to ``width_multiple`` (at most ``L``). With ``earlier``, the inputs
+    also hold ``"earlier"``: each row's :meth:`Sequences.earlier_clicks`,
+    right-padded with 0 to the batch's longest (for ``exclude_history="all"``).
     """
     full_width = sequences.items.shape[1]
     for rows in batch_rows(sequences, batch_size, rng):
@@ -525,6 +585,12 @@ def sequence_batches(
             "items": sequences.items[rows, :width],
             "lengths": sequences.lengths[rows],
         }
+        if earlier:
+            clicks = [sequences.earlier_clicks(row) for row in rows]
+            padded = np.zeros((len(rows), max(map(len, clicks))), np.int32)
+            for number, row_clicks in enumerate(clicks):
+                padded[number, : len(row_clicks)] = row_clicks
+            inputs["earlier"] = padded
         yield inputs, sequences.targets[rows, :width]
 
 
@@ -542,6 +608,7 @@ def sequence_dataset(
     seed: int,
     width_multiple: int = 16,
     first_epoch: int = 0,
+    earlier: bool = False,
 ):
     """A ``tf.data.Dataset`` of :func:`sequence_batches`, reshuffled every epoch.
 
@@ -560,6 +627,10 @@ def sequence_dataset(
     element a generator dataset pulls makes TensorFlow reset ``malloc``'s mmap
     threshold, undoing :func:`feedrec.allocator.tune_malloc`; see
     :func:`feedrec.allocator.reapply`.)
+
+    With ``earlier``, the inputs also hold ``"earlier"``, as in
+    :func:`sequence_batches` (gathered from a copy of
+    :attr:`Sequences.earlier`, 4 bytes per click).
     """
     import itertools
 
@@ -579,6 +650,11 @@ def sequence_dataset(
     lengths = tf.constant(sequences.lengths, tf.int32)
     targets = tf.constant(sequences.targets, tf.int32)
     full_width = int(sequences.items.shape[1])
+    if earlier:
+        if sequences.earlier is None:
+            raise ValueError("`earlier=True` needs `sequences.earlier` (see Sequences)")
+        earlier_clicks = tf.constant(sequences.earlier, tf.int32)
+        spans = tf.constant(sequences.earlier_spans, tf.int64)
 
     def batch(rows):
         rows = tf.boolean_mask(rows, rows >= 0)
@@ -586,6 +662,10 @@ def sequence_dataset(
         longest = tf.maximum(tf.reduce_max(batch_lengths), 1)
         width = tf.minimum(full_width, -(-longest // width_multiple) * width_multiple)
         inputs = {"items": tf.gather(items, rows)[:, :width], "lengths": batch_lengths}
+        if earlier:
+            span = tf.gather(spans, rows)
+            at = tf.ragged.range(span[:, 0], span[:, 1])
+            inputs["earlier"] = tf.gather(earlier_clicks, at).to_tensor(0)
         return inputs, tf.gather(targets, rows)[:, :width]
 
     def epoch(_):  # runs once per pass: one Python call per epoch
@@ -607,7 +687,7 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     sampling_weights: np.ndarray | None = None,
     seed: int = 0,
     item_bias=None,
-    exclude_history: bool = False,
+    exclude_history: bool | str = False,
 ):
     """A ``keras.Model`` that trains ``recommender`` on the next-item objective.
 
@@ -617,7 +697,9 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
     :class:`feedrec.tasks.next_item_loss.NextItemSoftmaxLoss`:
 
     * ``full_softmax``: logits over every item, padding and OOV masked (with
-      ``exclude_history``, each target's inputs too: :func:`history_pairs`);
+      ``exclude_history``, the clicks each target has seen too:
+      :func:`mask_history`; ``"all"`` reads the clicks before the window from
+      the inputs' ``"earlier"``, see :func:`sequence_dataset`);
     * ``sampled_softmax``: the target against ``num_negatives`` items drawn
       per batch (shared by its positions) from ``sampling_weights`` (uniform
       when None), logits corrected by ``-log q`` (logQ, with keras-rs'
@@ -642,7 +724,8 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
 
     if loss not in SEQUENTIAL_LOSSES:
         raise ValueError(f"`loss` should be one of {SEQUENTIAL_LOSSES}. Received: loss={loss!r}")
-    if exclude_history and loss != "full_softmax":
+    scope = history_scope(exclude_history)
+    if scope and loss != "full_softmax":
         raise ValueError(f'`exclude_history` needs loss="full_softmax". Received: loss={loss!r}')
     num_items = int(recommender.item_encoder.num_items)
     if loss == "sampled_softmax" and num_negatives >= num_items - FIRST_ITEM_INDEX:
@@ -708,12 +791,27 @@ def NextItemTrainer(  # noqa: N802 - factory that returns a keras Model
                     logits = logits + self.item_bias(self.all_items)[None, :]
                 reserved = ops.arange(num_items) < FIRST_ITEM_INDEX
                 logits = ops.where(reserved[None, :], large_negative("float32"), logits)
-                if exclude_history:
-                    logits = mask_history(logits, x["items"], targets, large_negative("float32"))
+                if scope:
+                    logits = mask_history(
+                        logits,
+                        x["items"],
+                        targets,
+                        large_negative("float32"),
+                        earlier=self._earlier(x) if scope == "all" else None,
+                    )
                 value = self.next_item_loss(positives, logits)
             else:
                 value = self._sampled(states, positives)
             return value + (ops.sum(self.losses) if self.losses else 0.0)
+
+        @staticmethod
+        def _earlier(x):
+            if not isinstance(x, dict) or "earlier" not in x:
+                raise ValueError(
+                    'exclude_history="all" needs the clicks before each window: inputs '
+                    '{"items", "lengths", "earlier"} (sequence_dataset(..., earlier=True))'
+                )
+            return x["earlier"]
 
         def _sampled(self, states, positives):
             negatives = tf.random.stateless_categorical(
@@ -773,26 +871,46 @@ def history_pairs(items, targets):
     return tf.stack([tf.boolean_mask(rows, seen), tf.boolean_mask(window, seen)], axis=1)
 
 
-def mask_history(logits, items, targets, value: float):
-    """``logits (positions, num_items)`` with :func:`history_pairs` set to ``value``.
+def mask_history(logits, items, targets, value: float, earlier=None):
+    """``logits (positions, num_items)`` with the clicks each target has seen set to ``value``.
 
-    Scattered into the logits (no dense mask is built); shapes come from
-    tensors, so it compiles with XLA.
+    The seen clicks are :func:`history_pairs` (each target's inputs),
+    scattered into the logits (no dense mask is built); with ``earlier``
+    (int ``(batch, E)``, each row's clicks before its window, 0 = padding),
+    also those clicks, for every target of the row, except the target itself.
+    They are scattered into a ``(batch, num_items)`` mask, gathered to the
+    positions. Shapes come from tensors, so it compiles with XLA.
     """
     import tensorflow as tf
 
     pairs = history_pairs(items, targets)
     fill = tf.fill(tf.shape(pairs)[:1], tf.constant(value, logits.dtype))
-    return tf.tensor_scatter_nd_update(logits, pairs, fill)
+    logits = tf.tensor_scatter_nd_update(logits, pairs, fill)
+    if earlier is None:
+        return logits
+    earlier = tf.cast(earlier, tf.int32)
+    targets = tf.cast(targets, tf.int32)
+    num_items = tf.shape(logits)[1]
+    rows = tf.broadcast_to(tf.range(tf.shape(earlier)[0])[:, None], tf.shape(earlier))
+    seen = tf.tensor_scatter_nd_max(
+        tf.zeros(tf.stack([tf.shape(earlier)[0], num_items]), tf.int32),
+        tf.reshape(tf.stack([rows, earlier], axis=-1), [-1, 2]),
+        tf.ones(tf.size(earlier), tf.int32),
+    )
+    where = tf.where(targets >= FIRST_ITEM_INDEX)
+    columns = tf.range(num_items)[None, :]
+    seen = tf.gather(seen, where[:, 0]) > 0  # (positions, num_items)
+    seen &= (columns >= FIRST_ITEM_INDEX) & (columns != tf.gather_nd(targets, where)[:, None])
+    return tf.where(seen, tf.constant(value, logits.dtype), logits)
 
 
-def history_columns(items, targets, num_items: int):
-    """Bool ``(positions, num_items)``, True at :func:`history_pairs`: the dense view."""
+def history_columns(items, targets, num_items: int, earlier=None):
+    """Bool ``(positions, num_items)``, True where :func:`mask_history` masks: the dense view."""
     import tensorflow as tf
 
     positions = tf.reduce_sum(tf.cast(tf.cast(targets, tf.int32) >= FIRST_ITEM_INDEX, tf.int32))
     zeros = tf.zeros(tf.stack([positions, num_items]))
-    return mask_history(zeros, items, targets, 1.0) > 0
+    return mask_history(zeros, items, targets, 1.0, earlier=earlier) > 0
 
 
 def sampled_softmax_logits(
@@ -1298,6 +1416,7 @@ def train_sequential(
         config.train.seed,
         sequential.width_multiple,
         first_epoch=state["epoch"],
+        earlier=history_scope(sequential.exclude_history) == "all",
     )
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2

@@ -186,15 +186,20 @@ def trained_positions(seqs):
     return found
 
 
-def test_overlapping_windows_see_the_most_recent_context_the_window_allows():
-    rng = np.random.default_rng(5)
+def random_log(seed, users, items, max_clicks, max_before):
+    """Random users' click-log examples and each user's whole sequence (history + clicks)."""
+    rng = np.random.default_rng(seed)
     rows, tokens = [], {}
-    for user in range(10):
-        clicks = rng.integers(2, 40, size=int(rng.integers(1, 40))).tolist()
-        before = rng.integers(2, 40, size=user % 4).tolist()
+    for user in range(users):
+        clicks = rng.integers(2, items, size=int(rng.integers(1, max_clicks))).tolist()
+        before = rng.integers(2, items, size=user % max_before).tolist()
         rows += user_log(f"u{user}", clicks, first_history=before)
         tokens[f"u{user}"] = before + clicks
-    table = examples(rows)
+    return examples(rows), tokens
+
+
+def test_overlapping_windows_see_the_most_recent_context_the_window_allows():
+    table, tokens = random_log(5, users=10, items=40, max_clicks=40, max_before=4)
     for length, stride in ((5, 1), (5, 2), (5, 3), (8, 5), (3, 3), (1, 1)):
         seqs = sequences_from_examples(table, max_length=length, windows="all", stride=stride)
         found = trained_positions(seqs)
@@ -212,6 +217,33 @@ def test_overlapping_windows_see_the_most_recent_context_the_window_allows():
                     break
                 end -= stride
         assert found == expected, (length, stride)
+
+
+def test_earlier_clicks_and_the_window_are_the_users_sequence_up_to_its_last_input():
+    table, tokens = random_log(8, users=12, items=500, max_clicks=30, max_before=5)
+    for length, stride in ((4, 1), (4, 3), (6, 6), (1, 1)):
+        seqs = sequences_from_examples(table, max_length=length, windows="all", stride=stride)
+        ends = collections.defaultdict(list)
+        for row, user in enumerate(seqs.users):
+            window = seqs.items[row, : seqs.lengths[row]].tolist()
+            earlier = seqs.earlier_clicks(row).tolist()
+            ends[user].append(len(earlier) + len(window))
+            assert earlier + window == tokens[user][: len(earlier) + len(window)], (length, row)
+            assert len(window) == length or not earlier  # only a full window has clicks before
+        for user, sequence in tokens.items():  # the windows end every `stride` inputs
+            last = len(sequence) - 1
+            assert ends.get(user, []) == list(range(last, 0, -stride))[: len(ends.get(user, []))]
+            assert ends.get(user, [0])[-1] <= length  # the oldest window starts at the first
+
+
+def test_the_last_window_has_the_history_before_its_l_clicks_as_earlier_clicks():
+    table = examples([("u", 9, 90, [2, 3, 4, 5, 6, 7], 8), ("v", 1, 5, [10], 11)])
+    seqs = sequences_from_examples(table, max_length=3)
+    assert seqs.users.tolist() == ["u", "v"]
+    assert seqs.earlier_clicks(0).tolist() == [2, 3, 4]
+    assert seqs.earlier_clicks(1).tolist() == []
+    empty = sequences_from_examples(table.slice(0, 0), max_length=3)
+    assert empty.earlier_spans.shape == (0, 2)
 
 
 def test_overlapping_windows_with_since_train_only_the_new_clicks_once():
@@ -326,6 +358,25 @@ def test_dataset_batches_are_the_generators_epoch_for_epoch():
             np.testing.assert_array_equal(targets.numpy(), want_targets)
 
 
+def test_dataset_and_generator_give_each_row_its_earlier_clicks():
+    rows = []
+    for user in range(20):
+        rows += user_log(f"u{user}", [2 + 100 * user + k for k in range(3 + user)])
+    seqs = sequences_from_examples(examples(rows), max_length=4, windows="all", stride=2)
+    assert max(len(seqs.earlier_clicks(r)) for r in range(len(seqs))) > 10
+    dataset = sequence_dataset(seqs, batch_size=4, seed=1, width_multiple=4, earlier=True)
+    expected = sequence_batches(seqs, 4, np.random.default_rng([1, 0]), 4, earlier=True)
+    for (inputs, _), (want, _) in zip(dataset, expected, strict=True):
+        np.testing.assert_array_equal(inputs["earlier"].numpy(), want["earlier"])
+        by_row = {tuple(r): e for r, e in zip(seqs.items.tolist(), range(len(seqs)), strict=True)}
+        for items, padded in zip(want["items"].tolist(), want["earlier"], strict=True):
+            row = by_row[tuple(items + [0] * (4 - len(items)))]
+            clicks = seqs.earlier_clicks(row)
+            assert padded[: len(clicks)].tolist() == clicks.tolist()
+            assert not padded[len(clicks) :].any()
+    assert "earlier" not in next(iter(sequence_dataset(seqs, 4, seed=1)))[0]
+
+
 # ---------------------------------------------------------------- the model
 
 
@@ -402,7 +453,11 @@ def trainer_and_batch(loss, item_bias, **kwargs):
     keras.utils.set_random_seed(1)
     model = build_model(TINY, num_items=30, causal=True)
     trainer = NextItemTrainer(model, loss=loss, item_bias=item_bias, **kwargs)
-    x = {"items": np.array([[2, 3, 4, 0], [5, 0, 0, 0]], "int32"), "lengths": np.array([3, 1])}
+    x = {
+        "items": np.array([[2, 3, 4, 0], [5, 0, 0, 0]], "int32"),
+        "lengths": np.array([3, 1]),
+        "earlier": np.array([[7, 8, 4, 3], [6, 9, 0, 0]], "int32"),  # 6: row 1's target
+    }
     y = np.array([[3, 4, 0, 0], [6, 0, 0, 0]], "int32")
     return model, trainer, x, y
 
@@ -417,7 +472,7 @@ def biased(offsets):
     return layer
 
 
-@pytest.mark.parametrize("exclude_history", [False, True], ids=["all_items", "exclude_history"])
+@pytest.mark.parametrize("exclude_history", [False, True, "window", "all"])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["plain", "item_bias"])
 def test_full_softmax_loss_by_hand(with_bias, exclude_history):
     offsets = np.random.default_rng(3).normal(size=30).astype("float32") * with_bias
@@ -432,42 +487,79 @@ def test_full_softmax_loss_by_hand(with_bias, exclude_history):
     for row, col in [(0, 0), (0, 1), (1, 0)]:
         competing = np.arange(2, 30)  # padding and OOV never compete
         if exclude_history:  # nor, here, the clicks this position has seen
-            competing = np.setdiff1d(competing, x["items"][row, : col + 1])
+            seen = x["items"][row, : col + 1]
+            if exclude_history == "all":  # and those before the window
+                seen = np.concatenate([seen, x["earlier"][row]])
+            competing = np.setdiff1d(competing, seen[seen != y[row, col]])
         logits = items[competing] @ states[row, col] + offsets[competing]
         target = logits[competing == y[row, col]][0]
         expected.append(np.log(np.exp(logits).sum()) - target)
     assert loss == pytest.approx(np.mean(expected), rel=1e-5)
 
 
-def test_history_columns_match_a_position_by_position_reference():
-    rng = np.random.default_rng(4)
-    num_items, width = 12, 7
-    real = np.arange(width) < rng.integers(1, width + 1, size=9)[:, None]
-    items = np.where(real, rng.integers(0, num_items, (9, width)), 0)
-    targets = np.where(real, rng.integers(0, num_items, (9, width)), 0)
+def random_windows(seed, rows, width, num_items):
+    """Random right-padded ``items`` and ``targets`` (some positions without a target)."""
+    rng = np.random.default_rng(seed)
+    real = np.arange(width) < rng.integers(1, width + 1, size=rows)[:, None]
+    items = np.where(real, rng.integers(0, num_items, (rows, width)), 0)
+    targets = np.where(real, rng.integers(0, num_items, (rows, width)), 0)
     targets[rng.random(targets.shape) < 0.2] = 0  # positions outside the trained window
-    items[0, :3], targets[0, :3] = [5, 6, 5], [6, 5, 6]  # re-clicks: the target is never masked
-    columns = keras.ops.convert_to_numpy(history_columns(items, targets, num_items))
+    return rng, items, targets
+
+
+def reference_columns(items, targets, num_items, earlier=None):
+    """Position by position, row-major (as tf.boolean_mask orders them): the seen clicks."""
     expected = []
-    for b, t in np.argwhere(targets >= 2):  # row-major, as tf.boolean_mask orders them
+    for b, t in np.argwhere(targets >= 2):
         row = np.zeros(num_items, bool)
-        for item in items[b, : t + 1]:
-            row[item] = item >= 2 and item != targets[b, t]
+        seen = items[b, : t + 1] if earlier is None else [*earlier[b], *items[b, : t + 1]]
+        for item in seen:
+            row[item] |= item >= 2 and item != targets[b, t]
         expected.append(row)
-    np.testing.assert_array_equal(columns, np.array(expected))
+    return np.array(expected)
+
+
+def test_history_columns_match_a_position_by_position_reference():
+    _, items, targets = random_windows(4, rows=9, width=7, num_items=12)
+    items[0, :3], targets[0, :3] = [5, 6, 5], [6, 5, 6]  # re-clicks: the target is never masked
+    columns = keras.ops.convert_to_numpy(history_columns(items, targets, 12))
+    np.testing.assert_array_equal(columns, reference_columns(items, targets, 12))
     assert columns[:3].tolist() == [
-        [i == 5 for i in range(num_items)],  # seen 5, target 6
-        [i == 6 for i in range(num_items)],  # seen 5 and 6, target 5: 5 competes
-        [i == 5 for i in range(num_items)],
+        [i == 5 for i in range(12)],  # seen 5, target 6
+        [i == 6 for i in range(12)],  # seen 5 and 6, target 5: 5 competes
+        [i == 5 for i in range(12)],
     ]
 
 
-def test_exclude_history_trains_the_same_with_xla():
+def test_history_columns_with_earlier_clicks_mask_them_at_every_target_of_the_row():
+    rng, items, targets = random_windows(6, rows=8, width=5, num_items=15)
+    num_items = 15
+    earlier = rng.integers(0, num_items, (8, 6)) * (rng.random((8, 6)) < 0.7)  # 0 = padding
+    earlier[0, :2], targets[0, 0] = [9, 9], 9  # an earlier click of the target: it competes
+    columns = keras.ops.convert_to_numpy(history_columns(items, targets, num_items, earlier))
+    np.testing.assert_array_equal(columns, reference_columns(items, targets, num_items, earlier))
+    assert not columns[0, 9] and targets[0, 0] == 9
+    window_only = keras.ops.convert_to_numpy(history_columns(items, targets, num_items))
+    assert (columns >= window_only).all() and (columns > window_only).any()
+    nothing_earlier = history_columns(items, targets, num_items, np.zeros((8, 0), "int32"))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(nothing_earlier), window_only)
+
+
+def test_exclude_history_all_needs_the_earlier_clicks_in_the_inputs():
+    _, trainer, x, y = trainer_and_batch("full_softmax", None, exclude_history="all")
+    del x["earlier"]
+    with pytest.raises(ValueError, match=r"earlier=True"):
+        trainer.compute_loss(x, y, trainer(x))
+
+
+@pytest.mark.parametrize("scope", [True, "all"])
+def test_exclude_history_trains_the_same_with_xla(scope):
     # the mask is scattered with shapes taken from tensors: XLA compiles it
     losses = {}
     x = {
         "items": np.array([[2, 3, 4, 5], [6, 2, 0, 0]] * 2, "int32"),
         "lengths": np.array([4, 2] * 2),
+        "earlier": np.array([[9, 10, 7], [11, 0, 0], [0, 0, 0], [12, 13, 14]], "int32"),
     }
     y = np.array([[3, 4, 5, 6], [2, 7, 0, 0]] * 2, "int32")
     for jit in (False, True):
@@ -475,7 +567,7 @@ def test_exclude_history_trains_the_same_with_xla():
         model = build_model(TINY, num_items=30, causal=True)
         config = Config(model=TINY, train=TrainConfig(batch_size=2, jit_compile=jit))
         trainer = compile_trainer(
-            model, config, SequentialConfig(exclude_history=True), total_steps=4
+            model, config, SequentialConfig(exclude_history=scope), total_steps=4
         )
         assert bool(trainer.jit_compile) == jit
         history = trainer.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
@@ -485,7 +577,7 @@ def test_exclude_history_trains_the_same_with_xla():
 
 def test_compile_trainer_hands_exclude_history_to_the_loss():
     losses = {}
-    for exclude in (False, True):
+    for exclude in (False, True, "all"):
         keras.utils.set_random_seed(1)
         model = build_model(TINY, num_items=30, causal=True)
         trainer = compile_trainer(
@@ -494,10 +586,15 @@ def test_compile_trainer_hands_exclude_history_to_the_loss():
             SequentialConfig(exclude_history=exclude),
             total_steps=1,
         )
-        x = {"items": np.array([[2, 3, 4, 5]], "int32"), "lengths": np.array([4])}
+        x = {
+            "items": np.array([[2, 3, 4, 5]], "int32"),
+            "lengths": np.array([4]),
+            "earlier": np.array([[8, 9, 10]], "int32"),
+        }
         y = np.array([[3, 4, 5, 6]], "int32")
         losses[exclude] = float(trainer.compute_loss(x, y, trainer(x)))
-    assert losses[True] < losses[False]  # fewer competitors, lower cross-entropy
+    # fewer competitors, lower cross-entropy
+    assert losses["all"] < losses[True] < losses[False]
 
 
 @pytest.mark.parametrize("loss", ["full_softmax", "sampled_softmax"])
@@ -538,6 +635,7 @@ def test_the_trainer_learns_the_bias_weights():
         ("max_train_seconds", 0, "max_train_seconds=0"),
         ("item_embedding_stddev", -0.1, "item_embedding_stddev=-0.1"),
         ("exclude_history", "yes", "exclude_history='yes'"),
+        ("exclude_history", 1, "exclude_history=1"),
     ],
 )
 def test_config_checks_quote_the_value(field, value, message):
@@ -548,8 +646,9 @@ def test_config_checks_quote_the_value(field, value, message):
 
 
 def test_exclude_history_needs_the_full_softmax():
-    with pytest.raises(ValueError, match="loss='sampled_softmax'"):
-        SequentialConfig(exclude_history=True, loss="sampled_softmax")
+    for scope in (True, "window", "all"):
+        with pytest.raises(ValueError, match="loss='sampled_softmax'"):
+            SequentialConfig(exclude_history=scope, loss="sampled_softmax")
     model = build_model(TINY, num_items=30, causal=True)
     with pytest.raises(ValueError, match="loss='sampled_softmax'"):
         NextItemTrainer(model, loss="sampled_softmax", num_negatives=8, exclude_history=True)
@@ -572,6 +671,14 @@ def run_dir(data_dir, tmp_path_factory):
     return out
 
 
+def assert_same_sequences(received, expected):
+    for field in ("items", "lengths", "targets", "users"):
+        np.testing.assert_array_equal(getattr(received, field), getattr(expected, field))
+    for row in range(len(expected)):
+        clicks = received.earlier_clicks(row)
+        np.testing.assert_array_equal(clicks, expected.earlier_clicks(row))
+
+
 def test_training_sequences_from_disk(data_dir):
     seqs = load_training_sequences(data_dir, 6)
     assert len(seqs) == 60
@@ -580,14 +687,23 @@ def test_training_sequences_from_disk(data_dir):
     every = load_training_sequences(data_dir, 6, windows="all")
     assert every.num_targets == 60 * 7  # every training click but the first
     expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all")
-    for field in ("items", "lengths", "targets", "users"):
-        np.testing.assert_array_equal(getattr(every, field), getattr(expected, field))
+    assert_same_sequences(every, expected)
     strided = load_training_sequences(data_dir, 6, windows="all", stride=2)
     expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all", stride=2)
-    for field in ("items", "lengths", "targets", "users"):
-        np.testing.assert_array_equal(getattr(strided, field), getattr(expected, field))
+    assert_same_sequences(strided, expected)
     assert strided.num_targets == every.num_targets
     assert sorted(strided.lengths.tolist()) != sorted(every.lengths.tolist())
+
+
+def test_train_sequential_feeds_the_earlier_clicks_to_exclude_history_all(data_dir, tmp_path):
+    config = Config(model=TINY, train=TrainConfig(epochs=1, batch_size=20))
+    sequential = SequentialConfig(
+        windows="all", window_stride=3, exclude_history="all", validate_every=0
+    )
+    train_sequential(data_dir, tmp_path / "run", config, sequential, verbose=0)
+    recorded = json.loads((tmp_path / "run" / "sequential.json").read_text())
+    assert recorded["exclude_history"] == "all"
+    assert np.isfinite(json.loads((tmp_path / "run" / "history.json").read_text())["loss"]).all()
 
 
 def test_train_sequential_hands_the_window_stride_to_the_windows(data_dir, tmp_path):
@@ -609,8 +725,7 @@ def test_training_sequences_are_the_same_from_either_layout(data_dir, tmp_path):
     for windows in ("last", "all"):
         expected = load_training_sequences(lists, 6, windows=windows)
         received = load_training_sequences(data_dir, 6, windows=windows)
-        for field in ("items", "lengths", "targets", "users"):
-            np.testing.assert_array_equal(getattr(received, field), getattr(expected, field))
+        assert_same_sequences(received, expected)
 
 
 def test_evaluation_picks_the_next_item_protocol_and_beats_the_baselines(run_dir, data_dir):
