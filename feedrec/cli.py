@@ -237,7 +237,7 @@ def _train(args) -> int:
 
 def _evaluate(args) -> int:
     from feedrec.evaluation import evaluate_run, format_table
-    from feedrec.runs import write_json
+    from feedrec.runs import null_if_not_finite, write_json
 
     results = evaluate_run(
         args.run_dir, args.data_dir, args.split, seed=args.seed, protocol=args.protocol
@@ -246,7 +246,7 @@ def _evaluate(args) -> int:
     print(format_table(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, results)
+        write_json(args.json, null_if_not_finite(results))  # undefined metrics: null
     return 0
 
 

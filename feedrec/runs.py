@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -80,6 +81,21 @@ def write_json(path: str | Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def null_if_not_finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float (nested in dicts and lists) as None.
+
+    JSON has no NaN: ``json.dumps`` writes a bare ``NaN`` that strict parsers
+    (JavaScript's ``JSON.parse``, ``jq``) refuse; None is written ``null``.
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: null_if_not_finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [null_if_not_finite(value) for value in data]
+    return data
 
 
 def read_json(path: str | Path) -> Any:

@@ -59,6 +59,25 @@ def test_evaluate_cli_writes_json(run_dir, data_dir, tmp_path, capsys):
     assert "popularity" in capsys.readouterr().out
 
 
+def test_evaluate_cli_writes_undefined_metrics_as_null(tmp_path, monkeypatch, capsys):
+    import feedrec.evaluation
+
+    undefined = {"auc": float("nan"), "mrr": float("nan"), "ndcg@5": 0.5, "ndcg@10": 0.5}
+    results = {"split": "test", "examples": 3, "model": undefined, "values": [float("inf"), 1.0]}
+    monkeypatch.setattr(feedrec.evaluation, "evaluate_run", lambda *args, **kwargs: results)
+    monkeypatch.setattr(feedrec.evaluation, "format_table", lambda results: "table")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "RUN", "DATA", "--json", str(out)]) == 0
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    written = json.loads(out.read_text(), parse_constant=refuse)  # no bare NaN or Infinity
+    assert written["model"] == {"auc": None, "mrr": None, "ndcg@5": 0.5, "ndcg@10": 0.5}
+    assert written["values"] == [None, 1.0]
+    assert "table" in capsys.readouterr().out
+
+
 def test_existing_run_dir_is_not_overwritten(data_dir, run_dir):
     with pytest.raises(FileExistsError, match="--overwrite"):
         train(data_dir, run_dir, SMALL)
