@@ -117,8 +117,9 @@ class SequentialConfig:
             items the protocol never ranks. ``"window"``: the clicks before
             it in its window (its inputs); ``"all"``: also every click of the
             user before the window (:attr:`Sequences.earlier`), the whole
-            history as the evaluation sees it. ``True`` is ``"window"`` (what
-            it meant when it was measured first). Defaults to False.
+            history as the evaluation sees it; needs ``windows="all"``.
+            ``True`` is ``"window"`` (what it meant when it was measured
+            first; recorded as ``"window"``). Defaults to False.
         validation_sampled_negatives: also record, at each validation, the
             metrics against this many uniform negatives (the SASRec protocol,
             ``sampled_uniform_K``), for learning curves; 0 = not. Model
@@ -169,7 +170,14 @@ class SequentialConfig:
                 '`window_stride` needs windows="all" (windows="last" gives one window per '
                 f"user). Received: window_stride={self.window_stride}, windows={self.windows!r}"
             )
-        history_scope(self.exclude_history)
+        if self.exclude_history is True:  # the same as "window": one spelling recorded
+            object.__setattr__(self, "exclude_history", "window")
+        if history_scope(self.exclude_history) == "all" and self.windows != "all":
+            raise ValueError(
+                'exclude_history="all" needs windows="all": with windows="last", the clicks '
+                "before a user's window are cut by the prepared history's length. "
+                f'Received: windows={self.windows!r} (use exclude_history="window")'
+            )
         if self.exclude_history and self.loss != "full_softmax":
             raise ValueError(
                 '`exclude_history` needs loss="full_softmax". '
@@ -239,7 +247,7 @@ class Sequences:
         earlier: int32, flat, or None: the clicks of every row's user, from
             which :attr:`earlier_spans` cut each row's clicks *before* its
             first input (what ``exclude_history="all"`` masks besides the
-            inputs).
+            inputs). Built for ``windows="all"``; None for ``"last"``.
         earlier_spans: int64 ``(N, 2)`` or None: row ``i``'s earlier clicks
             are ``earlier[earlier_spans[i, 0] : earlier_spans[i, 1]]``, oldest
             first.
@@ -340,7 +348,6 @@ def sequences_from_examples(
     n = len(names)
     last = table.take(pa.array(order[_ends(codes)]))
     histories, history_lengths = pad_lists(last.column("history"), max_length, keep="last")
-    earlier, earlier_spans = _history_before_last(last.column("history"), max_length)
     clicked = _clicked_items(last)
     # sequence = kept history + the click, then inputs = seq[:-1], targets = seq[1:]
     sequence = np.zeros((n, max_length + 1), np.int64)
@@ -361,20 +368,7 @@ def sequences_from_examples(
         lengths=lengths,
         targets=np.where(targets >= FIRST_ITEM_INDEX, targets, 0).astype(np.int32),
         users=names,
-        earlier=earlier,
-        earlier_spans=earlier_spans,
     )
-
-
-def _history_before_last(histories, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """The flat items of ``histories`` and, per row, the span before its last ``max_length``."""
-    if isinstance(histories, pa.ChunkedArray):
-        histories = histories.combine_chunks()
-    sizes = pc.fill_null(pc.list_value_length(histories), 0).to_numpy().astype(np.int64)
-    values = pc.fill_null(pc.list_flatten(histories), 0).to_numpy(zero_copy_only=False)
-    starts = np.cumsum(sizes) - sizes
-    spans = np.stack([starts, starts + np.maximum(sizes - max_length, 0)], axis=1)
-    return values.astype(np.int32), spans
 
 
 def _window_stride(stride: int | None, max_length: int, windows: str) -> int:
@@ -450,25 +444,19 @@ def _windows(
     ``max_length`` items are kept, as inputs). Rows come grouped by user, each
     user's most recent window first.
     """
-    width = max_length
-    if since is None:  # the whole first history is trained; with since, L items of context
-        width = max(1, int(pc.max(pc.list_value_length(first_histories)).as_py() or 1))
-    prefix, prefix_lengths = pad_lists(first_histories, width, keep="last")
+    longest = max(1, int(pc.max(pc.list_value_length(first_histories)).as_py() or 1))
+    # the whole first history is trained; with since, L items of context
+    prefix, prefix_lengths = pad_lists(
+        first_histories, longest if since is None else max_length, keep="last"
+    )
     num_users = len(prefix_lengths)
     clicked_rows = clicked != 0  # a row without a click adds nothing to the sequence
     codes, clicked, times = codes[clicked_rows], clicked[clicked_rows], times[clicked_rows]
-    clicks = np.bincount(codes, minlength=num_users)
-    total = prefix_lengths + clicks
-    offsets = np.cumsum(total) - total
-    tokens = np.zeros(int(total.sum()), np.int64)
+    tokens, offsets, prefix_at, at = _user_sequences(prefix, prefix_lengths, codes, clicked)
+    total = np.diff(np.r_[offsets, len(tokens)])
     trainable = np.zeros(len(tokens), bool)
-    owner = np.repeat(np.arange(num_users), prefix_lengths)
-    column = positions_within(prefix_lengths)
-    tokens[offsets[owner] + column] = prefix[owner, column]
     if since is None:  # clicks before the table are trained too, as in windows="last"
-        trainable[offsets[owner] + column] = prefix[owner, column] >= FIRST_ITEM_INDEX
-    at = offsets[codes] + prefix_lengths[codes] + positions_within(clicks)
-    tokens[at] = clicked
+        trainable[prefix_at] = tokens[prefix_at] >= FIRST_ITEM_INDEX
     trainable[at] = clicked >= FIRST_ITEM_INDEX
     if since is not None:
         trainable[at] &= times >= since
@@ -488,14 +476,43 @@ def _windows(
     after = np.where(real, index + 1, 0)
     items = np.where(real, tokens[index], 0)
     targets = np.where(new & trainable[after], tokens[after], 0)
+    # the clicks before each window: with since, the whole first history, not its last L
+    earlier, earlier_offsets, dropped = tokens, offsets, np.zeros(num_users, np.int64)
+    if since is not None:
+        whole, whole_lengths = pad_lists(first_histories, longest, keep="last")
+        earlier, earlier_offsets, _, _ = _user_sequences(whole, whole_lengths, codes, clicked)
+        dropped = whole_lengths - prefix_lengths
+    before = earlier_offsets[owner] + dropped[owner] + (start - offsets[owner])
     return Sequences(
         items=items.astype(np.int32),
         lengths=(end - start).astype(np.int32),
         targets=targets.astype(np.int32),
         users=names[owner],
-        earlier=tokens.astype(np.int32),
-        earlier_spans=np.stack([offsets[owner], start], axis=1).astype(np.int64),
+        earlier=earlier.astype(np.int32),
+        earlier_spans=np.stack([earlier_offsets[owner], before], axis=1).astype(np.int64),
     )
+
+
+def _user_sequences(
+    prefix: np.ndarray, prefix_lengths: np.ndarray, codes: np.ndarray, clicked: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every user's ``prefix`` row then clicks, flat.
+
+    ``codes`` and ``clicked`` are per click, grouped by user. Returns the
+    tokens, each user's offset in them, and where the prefix items and the
+    clicks were put.
+    """
+    clicks = np.bincount(codes, minlength=len(prefix_lengths))
+    total = prefix_lengths + clicks
+    offsets = np.cumsum(total) - total
+    tokens = np.zeros(int(total.sum()), np.int64)
+    owner = np.repeat(np.arange(len(prefix_lengths)), prefix_lengths)
+    column = positions_within(prefix_lengths)
+    prefix_at = offsets[owner] + column
+    tokens[prefix_at] = prefix[owner, column]
+    at = offsets[codes] + prefix_lengths[codes] + positions_within(clicks)
+    tokens[at] = clicked
+    return tokens, offsets, prefix_at, at
 
 
 def _clicked_items(table: pa.Table) -> np.ndarray:
@@ -575,9 +592,13 @@ def sequence_batches(
     :func:`batch_indices`, and each batch is cut to its longest row rounded
     up to ``width_multiple`` (at most ``L``). With ``earlier``, the inputs
     also hold ``"earlier"``: each row's :meth:`Sequences.earlier_clicks`,
-    right-padded with 0 to the batch's longest (for ``exclude_history="all"``).
+    right-padded with 0 to the batch's longest rounded up to a power of two
+    (for ``exclude_history="all"``; few distinct shapes, so that XLA compiles
+    the step a few times, not once per batch).
     """
     full_width = sequences.items.shape[1]
+    if earlier and sequences.earlier is None:
+        raise ValueError("`earlier=True` needs `sequences.earlier` (windows='all')")
     for rows in batch_rows(sequences, batch_size, rng):
         longest = max(int(sequences.lengths[rows].max()), 1)
         width = min(full_width, -(-longest // width_multiple) * width_multiple)
@@ -587,11 +608,26 @@ def sequence_batches(
         }
         if earlier:
             clicks = [sequences.earlier_clicks(row) for row in rows]
-            padded = np.zeros((len(rows), max(map(len, clicks))), np.int32)
+            padded = np.zeros((len(rows), _power_of_two(max(map(len, clicks)))), np.int32)
             for number, row_clicks in enumerate(clicks):
                 padded[number, : len(row_clicks)] = row_clicks
             inputs["earlier"] = padded
         yield inputs, sequences.targets[rows, :width]
+
+
+def _power_of_two(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for 0)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
+
+
+def _power_of_two_tf(n):
+    """:func:`_power_of_two` of an int64 scalar tensor, in the graph."""
+    import tensorflow as tf
+
+    v = tf.maximum(n, 1) - 1
+    for shift in (1, 2, 4, 8, 16, 32):
+        v = tf.bitwise.bitwise_or(v, tf.bitwise.right_shift(v, tf.constant(shift, v.dtype)))
+    return v + 1
 
 
 def count_batches(sequences: Sequences, batch_size: int, pool: int = 64) -> int:
@@ -652,7 +688,7 @@ def sequence_dataset(
     full_width = int(sequences.items.shape[1])
     if earlier:
         if sequences.earlier is None:
-            raise ValueError("`earlier=True` needs `sequences.earlier` (see Sequences)")
+            raise ValueError("`earlier=True` needs `sequences.earlier` (windows='all')")
         earlier_clicks = tf.constant(sequences.earlier, tf.int32)
         spans = tf.constant(sequences.earlier_spans, tf.int64)
 
@@ -664,8 +700,10 @@ def sequence_dataset(
         inputs = {"items": tf.gather(items, rows)[:, :width], "lengths": batch_lengths}
         if earlier:
             span = tf.gather(spans, rows)
-            at = tf.ragged.range(span[:, 0], span[:, 1])
-            inputs["earlier"] = tf.gather(earlier_clicks, at).to_tensor(0)
+            clicks = tf.gather(earlier_clicks, tf.ragged.range(span[:, 0], span[:, 1]))
+            bucket = _power_of_two_tf(tf.reduce_max(span[:, 1] - span[:, 0]))
+            shape = tf.stack([tf.shape(rows, out_type=tf.int64)[0], bucket])
+            inputs["earlier"] = clicks.to_tensor(0, shape=shape)
         return inputs, tf.gather(targets, rows)[:, :width]
 
     def epoch(_):  # runs once per pass: one Python call per epoch

@@ -58,6 +58,14 @@ def tiny_spec(**incremental):
     return spec
 
 
+def test_the_full_softmax_without_any_history_trains_with_its_earlier_clicks(globo_log):
+    spec = tiny_spec()
+    spec["sequential"].update(loss="full_softmax", windows="all", exclude_history="all")
+    result = incremental_run(globo_log, spec, 0, spec["incremental"], with_baselines=False)
+    assert [record["window"] for record in result["per_window"]] == [1, 2, 3, 4, 5]
+    assert 0 < result["model"]["ndcg@20"] <= result["model"]["hr@20"] <= 1
+
+
 def test_every_window_after_the_first_is_evaluated_with_metrics_in_range(globo_log):
     spec = tiny_spec()
     result = incremental_run(globo_log, spec, 0, spec["incremental"], with_baselines=True)

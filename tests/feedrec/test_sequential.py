@@ -236,13 +236,28 @@ def test_earlier_clicks_and_the_window_are_the_users_sequence_up_to_its_last_inp
             assert ends.get(user, [0])[-1] <= length  # the oldest window starts at the first
 
 
-def test_the_last_window_has_the_history_before_its_l_clicks_as_earlier_clicks():
+def test_earlier_clicks_with_since_start_at_the_whole_first_history():
+    table, tokens = random_log(9, users=12, items=500, max_clicks=30, max_before=9)
+    for length, stride in ((3, 1), (4, 4)):
+        seqs = sequences_from_examples(table, length, since=10, windows="all", stride=stride)
+        assert seqs.num_targets > 0
+        for row, user in enumerate(seqs.users):  # with since, the window keeps L items of
+            window = seqs.items[row, : seqs.lengths[row]].tolist()  # first history; the
+            earlier = seqs.earlier_clicks(row).tolist()  # earlier clicks keep it whole
+            assert earlier + window == tokens[user][: len(earlier) + len(window)], (length, row)
+
+
+def test_only_all_windows_carry_earlier_clicks():
     table = examples([("u", 9, 90, [2, 3, 4, 5, 6, 7], 8), ("v", 1, 5, [10], 11)])
-    seqs = sequences_from_examples(table, max_length=3)
-    assert seqs.users.tolist() == ["u", "v"]
-    assert seqs.earlier_clicks(0).tolist() == [2, 3, 4]
-    assert seqs.earlier_clicks(1).tolist() == []
-    empty = sequences_from_examples(table.slice(0, 0), max_length=3)
+    last = sequences_from_examples(table, max_length=3)
+    assert last.earlier is None and last.earlier_clicks(0).tolist() == []
+    with pytest.raises(ValueError, match="windows='all'"):
+        sequence_dataset(last, batch_size=2, seed=0, earlier=True)
+    with pytest.raises(ValueError, match="windows='all'"):
+        next(sequence_batches(last, 2, np.random.default_rng(0), earlier=True))
+    every = sequences_from_examples(table, max_length=3, windows="all")
+    assert every.earlier_clicks(0).tolist() == [2, 3, 4]  # u's window: 5 6 7 (target 8)
+    empty = sequences_from_examples(table.slice(0, 0), max_length=3, windows="all")
     assert empty.earlier_spans.shape == (0, 2)
 
 
@@ -366,14 +381,20 @@ def test_dataset_and_generator_give_each_row_its_earlier_clicks():
     assert max(len(seqs.earlier_clicks(r)) for r in range(len(seqs))) > 10
     dataset = sequence_dataset(seqs, batch_size=4, seed=1, width_multiple=4, earlier=True)
     expected = sequence_batches(seqs, 4, np.random.default_rng([1, 0]), 4, earlier=True)
+    widths = set()
     for (inputs, _), (want, _) in zip(dataset, expected, strict=True):
         np.testing.assert_array_equal(inputs["earlier"].numpy(), want["earlier"])
+        width = want["earlier"].shape[1]  # the smallest power of two: XLA compiles few shapes
+        widths.add(width)
+        assert width & (width - 1) == 0
+        assert width == 1 or (want["earlier"][:, width // 2 :] != 0).any()
         by_row = {tuple(r): e for r, e in zip(seqs.items.tolist(), range(len(seqs)), strict=True)}
         for items, padded in zip(want["items"].tolist(), want["earlier"], strict=True):
             row = by_row[tuple(items + [0] * (4 - len(items)))]
             clicks = seqs.earlier_clicks(row)
             assert padded[: len(clicks)].tolist() == clicks.tolist()
             assert not padded[len(clicks) :].any()
+    assert len(widths) > 1
     assert "earlier" not in next(iter(sequence_dataset(seqs, 4, seed=1)))[0]
 
 
@@ -566,9 +587,8 @@ def test_exclude_history_trains_the_same_with_xla(scope):
         keras.utils.set_random_seed(1)
         model = build_model(TINY, num_items=30, causal=True)
         config = Config(model=TINY, train=TrainConfig(batch_size=2, jit_compile=jit))
-        trainer = compile_trainer(
-            model, config, SequentialConfig(exclude_history=scope), total_steps=4
-        )
+        sequential = SequentialConfig(windows="all", exclude_history=scope)
+        trainer = compile_trainer(model, config, sequential, total_steps=4)
         assert bool(trainer.jit_compile) == jit
         history = trainer.fit(x, y, batch_size=2, epochs=2, shuffle=False, verbose=0)
         losses[jit] = history.history["loss"]
@@ -583,7 +603,7 @@ def test_compile_trainer_hands_exclude_history_to_the_loss():
         trainer = compile_trainer(
             model,
             Config(model=TINY),
-            SequentialConfig(exclude_history=exclude),
+            SequentialConfig(windows="all", exclude_history=exclude),
             total_steps=1,
         )
         x = {
@@ -645,10 +665,14 @@ def test_config_checks_quote_the_value(field, value, message):
         SequentialConfig.from_dict({"epochs": 3})
 
 
-def test_exclude_history_needs_the_full_softmax():
+def test_exclude_history_needs_the_full_softmax_and_all_needs_all_windows():
     for scope in (True, "window", "all"):
         with pytest.raises(ValueError, match="loss='sampled_softmax'"):
-            SequentialConfig(exclude_history=scope, loss="sampled_softmax")
+            SequentialConfig(windows="all", exclude_history=scope, loss="sampled_softmax")
+    with pytest.raises(ValueError, match=r"needs windows=\"all\".*Received: windows='last'"):
+        SequentialConfig(exclude_history="all")
+    assert SequentialConfig(exclude_history=True).to_dict()["exclude_history"] == "window"
+    assert SequentialConfig(exclude_history=True) == SequentialConfig(exclude_history="window")
     model = build_model(TINY, num_items=30, causal=True)
     with pytest.raises(ValueError, match="loss='sampled_softmax'"):
         NextItemTrainer(model, loss="sampled_softmax", num_negatives=8, exclude_history=True)
