@@ -655,6 +655,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
                 since=int(log.times[part_rows].min()),
                 windows=sequential.windows,
                 stride=sequential.window_stride,
+                earlier=history_scope(sequential.exclude_history) == "all",
             )
             batch_seed = seed * 100_003 + window + 1_000_003 * part
             batches = sequence_dataset(

@@ -247,7 +247,8 @@ class Sequences:
         earlier: int32, flat, or None: the clicks of every row's user, from
             which :attr:`earlier_spans` cut each row's clicks *before* its
             first input (what ``exclude_history="all"`` masks besides the
-            inputs). Built for ``windows="all"``; None for ``"last"``.
+            inputs). None unless asked for (``earlier=True`` of
+            :func:`sequences_from_examples`, ``windows="all"`` only).
         earlier_spans: int64 ``(N, 2)`` or None: row ``i``'s earlier clicks
             are ``earlier[earlier_spans[i, 0] : earlier_spans[i, 1]]``, oldest
             first.
@@ -298,6 +299,7 @@ def sequences_from_examples(
     since: int | None = None,
     windows: str = "last",
     stride: int | None = None,
+    earlier: bool = False,
 ) -> Sequences:
     """Training sequences from click-log examples.
 
@@ -317,6 +319,8 @@ def sequences_from_examples(
         stride: int or None. With ``windows="all"``, a window ends every
             ``stride`` clicks and trains its newest ``stride`` targets
             (``SequentialConfig.window_stride``); None = ``max_length``.
+        earlier: bool. Also build :attr:`Sequences.earlier` (for
+            ``exclude_history="all"``; needs ``windows="all"``).
 
     Returns:
         :class:`Sequences`.
@@ -325,6 +329,7 @@ def sequences_from_examples(
     if windows not in WINDOWS:
         raise ValueError(f"`windows` should be one of {WINDOWS}. Received: windows={windows!r}")
     stride = _window_stride(stride, max_length, windows)
+    _check_earlier(earlier, windows)
     if table.num_rows == 0:
         empty = np.zeros((0, max_length), np.int32)
         return Sequences(
@@ -332,8 +337,8 @@ def sequences_from_examples(
             np.zeros(0, np.int32),
             empty.copy(),
             np.zeros(0, object),
-            earlier=np.zeros(0, np.int32),
-            earlier_spans=np.zeros((0, 2), np.int64),
+            earlier=np.zeros(0, np.int32) if earlier else None,
+            earlier_spans=np.zeros((0, 2), np.int64) if earlier else None,
         )
     if windows == "all":
         return _all_windows(
@@ -342,6 +347,7 @@ def sequences_from_examples(
             since,
             lambda rows: table.column("history").take(pa.array(rows)),
             stride,
+            earlier,
         )
     order = click_order(table)
     codes, names = _user_codes(table, order)
@@ -387,8 +393,21 @@ def _window_stride(stride: int | None, max_length: int, windows: str) -> int:
     return stride
 
 
+def _check_earlier(earlier: bool, windows: str) -> None:
+    if earlier and windows != "all":
+        raise ValueError(
+            "the clicks before each window (`earlier=True`) need windows='all'. "
+            f"Received: windows={windows!r}"
+        )
+
+
 def _all_windows(
-    table: pa.Table, max_length: int, since: int | None, first_histories, stride: int
+    table: pa.Table,
+    max_length: int,
+    since: int | None,
+    first_histories,
+    stride: int,
+    earlier: bool = False,
 ) -> Sequences:
     """``windows="all"`` of ``table``; ``first_histories(rows)`` is the history column at ``rows``.
 
@@ -405,6 +424,7 @@ def _all_windows(
         since,
         names,
         stride,
+        earlier,
     )
 
 
@@ -431,6 +451,7 @@ def _windows(
     since: int | None,
     names: np.ndarray,
     stride: int,
+    earlier: bool = False,
 ) -> Sequences:
     """Every user's whole sequence cut into windows of ``max_length`` inputs.
 
@@ -442,7 +463,8 @@ def _windows(
     (grouped by user); ``first_histories`` is each user's history before their
     first click (trained like the clicks; with ``since``, only its last
     ``max_length`` items are kept, as inputs). Rows come grouped by user, each
-    user's most recent window first.
+    user's most recent window first. With ``earlier``, also each window's
+    clicks before it (:attr:`Sequences.earlier`).
     """
     longest = max(1, int(pc.max(pc.list_value_length(first_histories)).as_py() or 1))
     # the whole first history is trained; with since, L items of context
@@ -476,20 +498,25 @@ def _windows(
     after = np.where(real, index + 1, 0)
     items = np.where(real, tokens[index], 0)
     targets = np.where(new & trainable[after], tokens[after], 0)
-    # the clicks before each window: with since, the whole first history, not its last L
-    earlier, earlier_offsets, dropped = tokens, offsets, np.zeros(num_users, np.int64)
-    if since is not None:
-        whole, whole_lengths = pad_lists(first_histories, longest, keep="last")
-        earlier, earlier_offsets, _, _ = _user_sequences(whole, whole_lengths, codes, clicked)
-        dropped = whole_lengths - prefix_lengths
-    before = earlier_offsets[owner] + dropped[owner] + (start - offsets[owner])
-    return Sequences(
+    sequences = Sequences(
         items=items.astype(np.int32),
         lengths=(end - start).astype(np.int32),
         targets=targets.astype(np.int32),
         users=names[owner],
-        earlier=earlier.astype(np.int32),
-        earlier_spans=np.stack([earlier_offsets[owner], before], axis=1).astype(np.int64),
+    )
+    if not earlier:
+        return sequences
+    # the clicks before each window: with since, the whole first history, not its last L
+    clicks, clicks_offsets, dropped = tokens, offsets, np.zeros(num_users, np.int64)
+    if since is not None:
+        whole, whole_lengths = pad_lists(first_histories, longest, keep="last")
+        clicks, clicks_offsets, _, _ = _user_sequences(whole, whole_lengths, codes, clicked)
+        dropped = whole_lengths - prefix_lengths
+    before = clicks_offsets[owner] + dropped[owner] + (start - offsets[owner])
+    return dataclasses.replace(
+        sequences,
+        earlier=clicks.astype(np.int32),
+        earlier_spans=np.stack([clicks_offsets[owner], before], axis=1).astype(np.int64),
     )
 
 
@@ -524,7 +551,11 @@ def _clicked_items(table: pa.Table) -> np.ndarray:
 
 
 def load_training_sequences(
-    data_dir: str | Path, max_length: int, windows: str = "last", stride: int | None = None
+    data_dir: str | Path,
+    max_length: int,
+    windows: str = "last",
+    stride: int | None = None,
+    earlier: bool = False,
 ) -> Sequences:
     """:func:`sequences_from_examples` of ``train.parquet``.
 
@@ -532,19 +563,20 @@ def load_training_sequences(
     ``windows="last"``, first row for ``"all"``), not the whole file's.
     """
     stride = _window_stride(stride, max_length, windows)
+    _check_earlier(earlier, windows)
     examples = ExamplesFile(split_path(data_dir, "train"))
     if windows == "all":
         columns = ["example_key", "user_id", "time", "candidates", "labels"]
         table = examples.read(columns)
         if table.num_rows == 0:
-            return sequences_from_examples(table, max_length)
+            return sequences_from_examples(table, max_length, windows="all", earlier=earlier)
 
         def first_histories(rows: np.ndarray) -> pa.ChunkedArray:
             wanted = np.sort(rows)
             found = examples.take(wanted, ["history"]).column("history")
             return found.take(pa.array(np.searchsorted(wanted, rows)))
 
-        return _all_windows(table, max_length, None, first_histories, stride)
+        return _all_windows(table, max_length, None, first_histories, stride, earlier)
     keys = examples.read(["example_key", "user_id", "time"])
     order = click_order(keys)
     codes, _ = _user_codes(keys, order)
@@ -624,7 +656,7 @@ def _power_of_two_tf(n):
     """:func:`_power_of_two` of an int64 scalar tensor, in the graph."""
     import tensorflow as tf
 
-    v = tf.maximum(n, 1) - 1
+    v = tf.maximum(tf.cast(n, tf.int64), 1) - 1
     for shift in (1, 2, 4, 8, 16, 32):
         v = tf.bitwise.bitwise_or(v, tf.bitwise.right_shift(v, tf.constant(shift, v.dtype)))
     return v + 1
@@ -1376,7 +1408,11 @@ def train_sequential(
     length = config.model.history_length
     started = time.perf_counter()
     sequences = load_training_sequences(
-        data_dir, length, sequential.windows, sequential.window_stride
+        data_dir,
+        length,
+        sequential.windows,
+        sequential.window_stride,
+        earlier=history_scope(sequential.exclude_history) == "all",
     )
     if sequences.num_targets == 0:
         raise ValueError(f"{split_path(data_dir, 'train')} has no sequence to train on")

@@ -222,7 +222,9 @@ def test_overlapping_windows_see_the_most_recent_context_the_window_allows():
 def test_earlier_clicks_and_the_window_are_the_users_sequence_up_to_its_last_input():
     table, tokens = random_log(8, users=12, items=500, max_clicks=30, max_before=5)
     for length, stride in ((4, 1), (4, 3), (6, 6), (1, 1)):
-        seqs = sequences_from_examples(table, max_length=length, windows="all", stride=stride)
+        seqs = sequences_from_examples(
+            table, max_length=length, windows="all", stride=stride, earlier=True
+        )
         ends = collections.defaultdict(list)
         for row, user in enumerate(seqs.users):
             window = seqs.items[row, : seqs.lengths[row]].tolist()
@@ -239,7 +241,9 @@ def test_earlier_clicks_and_the_window_are_the_users_sequence_up_to_its_last_inp
 def test_earlier_clicks_with_since_start_at_the_whole_first_history():
     table, tokens = random_log(9, users=12, items=500, max_clicks=30, max_before=9)
     for length, stride in ((3, 1), (4, 4)):
-        seqs = sequences_from_examples(table, length, since=10, windows="all", stride=stride)
+        seqs = sequences_from_examples(
+            table, length, since=10, windows="all", stride=stride, earlier=True
+        )
         assert seqs.num_targets > 0
         for row, user in enumerate(seqs.users):  # with since, the window keeps L items of
             window = seqs.items[row, : seqs.lengths[row]].tolist()  # first history; the
@@ -255,9 +259,12 @@ def test_only_all_windows_carry_earlier_clicks():
         sequence_dataset(last, batch_size=2, seed=0, earlier=True)
     with pytest.raises(ValueError, match="windows='all'"):
         next(sequence_batches(last, 2, np.random.default_rng(0), earlier=True))
-    every = sequences_from_examples(table, max_length=3, windows="all")
+    every = sequences_from_examples(table, max_length=3, windows="all", earlier=True)
     assert every.earlier_clicks(0).tolist() == [2, 3, 4]  # u's window: 5 6 7 (target 8)
-    empty = sequences_from_examples(table.slice(0, 0), max_length=3, windows="all")
+    assert sequences_from_examples(table, max_length=3, windows="all").earlier is None
+    with pytest.raises(ValueError, match="need windows='all'"):
+        sequences_from_examples(table, max_length=3, earlier=True)
+    empty = sequences_from_examples(table.slice(0, 0), max_length=3, windows="all", earlier=True)
     assert empty.earlier_spans.shape == (0, 2)
 
 
@@ -377,7 +384,9 @@ def test_dataset_and_generator_give_each_row_its_earlier_clicks():
     rows = []
     for user in range(20):
         rows += user_log(f"u{user}", [2 + 100 * user + k for k in range(3 + user)])
-    seqs = sequences_from_examples(examples(rows), max_length=4, windows="all", stride=2)
+    seqs = sequences_from_examples(
+        examples(rows), max_length=4, windows="all", stride=2, earlier=True
+    )
     assert max(len(seqs.earlier_clicks(r)) for r in range(len(seqs))) > 10
     dataset = sequence_dataset(seqs, batch_size=4, seed=1, width_multiple=4, earlier=True)
     expected = sequence_batches(seqs, 4, np.random.default_rng([1, 0]), 4, earlier=True)
@@ -696,6 +705,7 @@ def run_dir(data_dir, tmp_path_factory):
 
 
 def assert_same_sequences(received, expected):
+    assert (received.earlier is None) == (expected.earlier is None)
     for field in ("items", "lengths", "targets", "users"):
         np.testing.assert_array_equal(getattr(received, field), getattr(expected, field))
     for row in range(len(expected)):
@@ -708,12 +718,16 @@ def test_training_sequences_from_disk(data_dir):
     assert len(seqs) == 60
     assert (seqs.lengths == 6).all()  # 8 training clicks: 6 inputs kept, 6 targets
     assert seqs.num_targets == 60 * 6
-    every = load_training_sequences(data_dir, 6, windows="all")
+    every = load_training_sequences(data_dir, 6, windows="all", earlier=True)
     assert every.num_targets == 60 * 7  # every training click but the first
-    expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all")
+    expected = sequences_from_examples(
+        load_examples(data_dir, "train"), 6, windows="all", earlier=True
+    )
     assert_same_sequences(every, expected)
-    strided = load_training_sequences(data_dir, 6, windows="all", stride=2)
-    expected = sequences_from_examples(load_examples(data_dir, "train"), 6, windows="all", stride=2)
+    strided = load_training_sequences(data_dir, 6, windows="all", stride=2, earlier=True)
+    expected = sequences_from_examples(
+        load_examples(data_dir, "train"), 6, windows="all", stride=2, earlier=True
+    )
     assert_same_sequences(strided, expected)
     assert strided.num_targets == every.num_targets
     assert sorted(strided.lengths.tolist()) != sorted(every.lengths.tolist())
@@ -747,8 +761,8 @@ def test_training_sequences_are_the_same_from_either_layout(data_dir, tmp_path):
     lists = tmp_path / "lists"
     prepare("sequences", [data_dir.parent / "log.txt"], lists, options=options)
     for windows in ("last", "all"):
-        expected = load_training_sequences(lists, 6, windows=windows)
-        received = load_training_sequences(data_dir, 6, windows=windows)
+        expected = load_training_sequences(lists, 6, windows=windows, earlier=windows == "all")
+        received = load_training_sequences(data_dir, 6, windows=windows, earlier=windows == "all")
         assert_same_sequences(received, expected)
 
 
