@@ -506,7 +506,6 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
     from feedrec.sequential import (
         SequentialConfig,
         compile_trainer,
-        history_scope,
         sequence_dataset,
         sequences_from_examples,
     )
@@ -655,7 +654,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
                 since=int(log.times[part_rows].min()),
                 windows=sequential.windows,
                 stride=sequential.window_stride,
-                earlier=history_scope(sequential.exclude_history) == "all",
+                earlier=sequential.masks_earlier_clicks,
             )
             batch_seed = seed * 100_003 + window + 1_000_003 * part
             batches = sequence_dataset(
@@ -663,7 +662,7 @@ def incremental_run(log: GloboLog, spec: dict, seed: int, incremental: dict, wit
                 config.train.batch_size,
                 batch_seed,
                 sequential.width_multiple,
-                earlier=history_scope(sequential.exclude_history) == "all",
+                earlier=sequential.masks_earlier_clicks,
             )
             trainer.fit(batches, epochs=epochs, verbose=0, shuffle=False)
         train_seconds += time.perf_counter() - started

@@ -172,7 +172,7 @@ class SequentialConfig:
             )
         if self.exclude_history is True:  # the same as "window": one spelling recorded
             object.__setattr__(self, "exclude_history", "window")
-        if history_scope(self.exclude_history) == "all" and self.windows != "all":
+        if self.masks_earlier_clicks and self.windows != "all":
             raise ValueError(
                 'exclude_history="all" needs windows="all": with windows="last", the clicks '
                 "before a user's window are cut by the prepared history's length. "
@@ -209,6 +209,11 @@ class SequentialConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def masks_earlier_clicks(self) -> bool:
+        """True for ``exclude_history="all"``: training reads :attr:`Sequences.earlier`."""
+        return history_scope(self.exclude_history) == "all"
 
 
 def history_scope(exclude_history) -> str | None:
@@ -629,8 +634,7 @@ def sequence_batches(
     the step a few times, not once per batch).
     """
     full_width = sequences.items.shape[1]
-    if earlier and sequences.earlier is None:
-        raise ValueError("`earlier=True` needs `sequences.earlier` (windows='all')")
+    widths = _earlier_widths(sequences) if earlier else None
     for rows in batch_rows(sequences, batch_size, rng):
         longest = max(int(sequences.lengths[rows].max()), 1)
         width = min(full_width, -(-longest // width_multiple) * width_multiple)
@@ -640,26 +644,24 @@ def sequence_batches(
         }
         if earlier:
             clicks = [sequences.earlier_clicks(row) for row in rows]
-            padded = np.zeros((len(rows), _power_of_two(max(map(len, clicks)))), np.int32)
+            padded = np.zeros((len(rows), int(widths[rows].max())), np.int32)
             for number, row_clicks in enumerate(clicks):
                 padded[number, : len(row_clicks)] = row_clicks
             inputs["earlier"] = padded
         yield inputs, sequences.targets[rows, :width]
 
 
-def _power_of_two(n: int) -> int:
-    """The smallest power of two >= ``n`` (1 for 0)."""
-    return 1 << (max(int(n), 1) - 1).bit_length()
+def _earlier_widths(sequences: Sequences) -> np.ndarray:
+    """Per row, the smallest power of two >= its count of earlier clicks (1 for none).
 
-
-def _power_of_two_tf(n):
-    """:func:`_power_of_two` of an int64 scalar tensor, in the graph."""
-    import tensorflow as tf
-
-    v = tf.maximum(tf.cast(n, tf.int64), 1) - 1
-    for shift in (1, 2, 4, 8, 16, 32):
-        v = tf.bitwise.bitwise_or(v, tf.bitwise.right_shift(v, tf.constant(shift, v.dtype)))
-    return v + 1
+    A batch's ``"earlier"`` is as wide as its rows' largest: few distinct
+    shapes, so that XLA compiles the step a few times, not once per batch.
+    """
+    if sequences.earlier is None:
+        raise ValueError("`earlier=True` needs `sequences.earlier` (windows='all')")
+    counts = sequences.earlier_spans[:, 1] - sequences.earlier_spans[:, 0]
+    powers = np.left_shift(1, np.arange(63, dtype=np.int64))
+    return powers[np.searchsorted(powers, np.maximum(counts, 1))]
 
 
 def count_batches(sequences: Sequences, batch_size: int, pool: int = 64) -> int:
@@ -719,8 +721,7 @@ def sequence_dataset(
     targets = tf.constant(sequences.targets, tf.int32)
     full_width = int(sequences.items.shape[1])
     if earlier:
-        if sequences.earlier is None:
-            raise ValueError("`earlier=True` needs `sequences.earlier` (windows='all')")
+        widths = tf.constant(_earlier_widths(sequences), tf.int64)
         earlier_clicks = tf.constant(sequences.earlier, tf.int32)
         spans = tf.constant(sequences.earlier_spans, tf.int64)
 
@@ -733,7 +734,7 @@ def sequence_dataset(
         if earlier:
             span = tf.gather(spans, rows)
             clicks = tf.gather(earlier_clicks, tf.ragged.range(span[:, 0], span[:, 1]))
-            bucket = _power_of_two_tf(tf.reduce_max(span[:, 1] - span[:, 0]))
+            bucket = tf.reduce_max(tf.gather(widths, rows))
             shape = tf.stack([tf.shape(rows, out_type=tf.int64)[0], bucket])
             inputs["earlier"] = clicks.to_tensor(0, shape=shape)
         return inputs, tf.gather(targets, rows)[:, :width]
@@ -1412,7 +1413,7 @@ def train_sequential(
         length,
         sequential.windows,
         sequential.window_stride,
-        earlier=history_scope(sequential.exclude_history) == "all",
+        earlier=sequential.masks_earlier_clicks,
     )
     if sequences.num_targets == 0:
         raise ValueError(f"{split_path(data_dir, 'train')} has no sequence to train on")
@@ -1490,7 +1491,7 @@ def train_sequential(
         config.train.seed,
         sequential.width_multiple,
         first_epoch=state["epoch"],
-        earlier=history_scope(sequential.exclude_history) == "all",
+        earlier=sequential.masks_earlier_clicks,
     )
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
